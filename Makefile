@@ -1,0 +1,34 @@
+# Two commands from a fresh clone: `make demo` runs the quickstart study, `make test` the tests.
+# Both install first; the install is skipped while .venv is newer than pyproject/constraints.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS := ray,nni,onnx,pruning,plot,dev
+
+.PHONY: install demo test test-slow lint clean-studies
+
+install: $(STAMP)
+
+# One pip call resolves everything against the exact tested versions (constraints.txt);
+# torch==2.13.0 there keeps pip on the CPU wheel instead of a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c constraints.txt -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/autocompress search studies/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean-studies:
+	rm -rf studies/*/

@@ -1,0 +1,38 @@
+"""autocompress: find the best compressed version of a PyTorch model for a hardware budget.
+
+>>> import autocompress                                      # doctest: +SKIP
+>>> outcome = autocompress.search(model, train=(x, y), val=(xv, yv), trials=20)  # doctest: +SKIP
+>>> outcome.front.to_dataframe()                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from autocompress.config import StudyConfig, load_study
+from autocompress.errors import AutocompressError, ConfigError, TrialError
+from autocompress.pareto import ParetoFront, non_dominated, pareto_front
+from autocompress.plan import Plan
+from autocompress.space import SearchSpace
+from autocompress.study import StudyOutcome, run_study, search
+from autocompress.tasks import Task
+from autocompress.trial import TrialResult, run_trial
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutocompressError",
+    "ConfigError",
+    "ParetoFront",
+    "Plan",
+    "SearchSpace",
+    "StudyConfig",
+    "StudyOutcome",
+    "Task",
+    "TrialError",
+    "TrialResult",
+    "load_study",
+    "non_dominated",
+    "pareto_front",
+    "run_study",
+    "run_trial",
+    "search",
+]

@@ -1,0 +1,1 @@
+"""Thin adapters that drive the one trial objective (:func:`autocompress.trial.run_trial`)."""

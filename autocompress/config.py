@@ -1,0 +1,199 @@
+"""The study file: what to compress, the space to search, how to measure, how long to search.
+
+Example (``studies/quickstart.yaml``)::
+
+    name: quickstart
+    task: {dataset: mnist5k, teacher: lenet300}
+    space: search_spaces/default.yaml
+    objectives: {accuracy: max, latency_ms: min, memory_bytes: min}
+    measure: {batch_size: 1, threads: 1}
+    finetune: {epochs: 3}
+    trials: 24
+    sampler: nsga2
+    seed: 0
+
+Loading checks every field and raises :class:`ConfigError` naming the file, the field, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
+from autocompress.files import read_yaml
+from autocompress.tasks import DATASETS, TEACHERS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLERS = ("nsga2", "tpe", "random", "qmc")
+OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    dataset: str = "mnist5k"
+    teacher: str = "lenet300"
+    teacher_epochs: int = 15
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    batch_size: int = 1
+    threads: int = 1
+    warmup: int = 10
+    repeats: int = 50
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A parsed, checked study file. ``space`` is a path, resolved by :func:`resolve_space`."""
+
+    name: str
+    task: TaskConfig = field(default_factory=TaskConfig)
+    space: str = "search_spaces/default.yaml"
+    objectives: Mapping[str, str] = field(default_factory=lambda: dict(OBJECTIVES))
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    trials: int = 20
+    sampler: str = "nsga2"
+    seed: int = 0
+    source: str = "<dict>"
+
+    def with_overrides(self, **changes: object) -> StudyConfig:
+        """A copy with the given top-level fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ConfigError(where, name, value, bound)
+    return value
+
+
+def _positive_float(where: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(where, name, value, "a positive number")
+    return float(value)
+
+
+def _section(where: str, name: str, data: object, cls: type) -> object:
+    """Build a small config dataclass from a mapping, checking keys and types."""
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, name, data, "a mapping")
+    defaults = cls()
+    values = {}
+    for key, value in data.items():
+        if not hasattr(defaults, str(key)):
+            allowed = [f"{name}.{k}" for k in defaults.__dataclass_fields__]
+            raise unknown_key_error(where, f"{name}.{key}", allowed)
+        default = getattr(defaults, key)
+        full = f"{name}.{key}"
+        if isinstance(default, int):
+            values[key] = _int(where, full, value, 1)
+        elif isinstance(default, float):
+            values[key] = _positive_float(where, full, value)
+        else:
+            values[key] = value
+    return cls(**values)
+
+
+def _task(where: str, data: object) -> TaskConfig:
+    task = _section(where, "task", data, TaskConfig)
+    for key, allowed in (("dataset", DATASETS), ("teacher", TEACHERS)):
+        value = getattr(task, key)
+        if value not in allowed:
+            hint = did_you_mean(str(value), allowed)
+            raise ConfigError(where, f"task.{key}", value, f"one of {', '.join(allowed)}{hint}")
+    return task
+
+
+def _objectives(where: str, data: object) -> dict[str, str]:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(where, "objectives", data, "a mapping such as {accuracy: max, ...}")
+    result = {}
+    for name, direction in data.items():
+        if name not in OBJECTIVES:
+            allowed = [f"objectives.{o}" for o in OBJECTIVES]
+            raise unknown_key_error(where, f"objectives.{name}", allowed)
+        if direction != OBJECTIVES[name]:
+            raise ConfigError(where, f"objectives.{name}", direction, OBJECTIVES[name])
+        result[name] = direction
+    if len(result) < 2:
+        raise ConfigError(where, "objectives", list(result), "at least two objectives")
+    return result
+
+
+def study_from_dict(
+    data: object, *, where: str = "<dict>", default_name: str = "study"
+) -> StudyConfig:
+    """Check a parsed study mapping and build its :class:`StudyConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, None, type(data).__name__, "a YAML mapping of study fields")
+    fields = StudyConfig.__dataclass_fields__
+    allowed = [k for k in fields if k != "source"]
+    for key in data:
+        if key not in allowed:
+            raise unknown_key_error(where, str(key), allowed)
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(where, "name", name, "letters, digits, '_', '-' or '.' (a folder name)")
+    sampler = data.get("sampler", "nsga2")
+    if sampler not in SAMPLERS:
+        hint = did_you_mean(str(sampler), SAMPLERS)
+        raise ConfigError(where, "sampler", sampler, f"one of {', '.join(SAMPLERS)}{hint}")
+    space = data.get("space", StudyConfig.space)
+    if not isinstance(space, str):
+        raise ConfigError(where, "space", space, "the path of a search space YAML file")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(where, "seed", seed, "an integer >= 0")
+    return StudyConfig(
+        name=name,
+        task=_task(where, data.get("task")),
+        space=space,
+        objectives=_objectives(where, data.get("objectives", dict(OBJECTIVES))),
+        measure=_section(where, "measure", data.get("measure"), MeasureConfig),
+        finetune=_section(where, "finetune", data.get("finetune"), FinetuneConfig),
+        trials=_int(where, "trials", data.get("trials", 20), 1),
+        sampler=sampler,
+        seed=seed,
+        source=where,
+    )
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and check a study YAML file (``yaml.safe_load``; nothing in it is executed)."""
+    data = read_yaml(path, what="study YAML file")
+    return study_from_dict(data, where=str(path), default_name=Path(path).stem)
+
+
+def resolve_space(space: str, *, study_source: str = "<dict>") -> Path:
+    """Find a space file: as given, beside the study file, or among the shipped spaces.
+
+    A bare name such as ``default`` means ``search_spaces/default.yaml`` of this project.
+    """
+    given = Path(space)
+    candidates = [given]
+    if study_source != "<dict>":
+        candidates.append(Path(study_source).parent / given)
+    candidates += [PROJECT_ROOT / given, PROJECT_ROOT / "search_spaces" / f"{space}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(study_source, "space", space, "an existing search space file")

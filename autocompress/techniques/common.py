@@ -1,0 +1,51 @@
+"""What every technique shares: the trial context, the layers worth compressing, baking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Context:
+    """What a technique may use besides the model and the plan.
+
+    ``teacher_logits`` are the teacher's outputs on ``train_x``, computed once per study and shared
+    by every trial. ``on_epoch(epoch, model)`` is called after each fine-tune epoch (fidelity
+    reports for early stopping).
+    """
+
+    teacher: nn.Module
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    example_input: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+    on_epoch: Callable[[int, nn.Module], None] | None = None
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs whose ``weight`` compression acts on, in definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Fold every parametrization (masks, fake quantization) into plain weights, in place."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

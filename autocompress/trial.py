@@ -1,0 +1,141 @@
+"""One trial, for real: build the compressed model from a Plan, fine-tune it, measure it.
+
+The steps follow ``../shared/DESIGN.md``: (1) build the compressed structure (student, pruning
+masks, quantization formats), (2) fine-tune with distillation, (3) bake masks and quantization into
+the weights, (4) measure accuracy, latency and stored size on the result. A problem inside a trial
+never escapes: it comes back as a failed :class:`TrialResult` with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.config import FinetuneConfig, MeasureConfig
+from autocompress.errors import TrialError
+from autocompress.measure import measure_latency, stored_bytes
+from autocompress.plan import Plan
+from autocompress.tasks import Task
+from autocompress.techniques import PIPELINE, distill
+from autocompress.techniques.common import Context, bake, count_parameters
+from autocompress.techniques.prune import sparsity
+
+COMPLETE, FAILED = "complete", "failed"
+MAIN_COLUMNS = ("accuracy", "latency_ms", "memory_bytes")  # kept first, never renamed
+
+
+@dataclass
+class TrialResult:
+    """What one trial found: its plan, state, metrics and how they were measured."""
+
+    plan: Plan
+    state: str = COMPLETE
+    metrics: dict[str, float] = field(default_factory=dict)
+    measurement: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    duration_s: float = 0.0
+    number: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == COMPLETE
+
+    def to_row(self) -> dict[str, Any]:
+        """One flat row: ``trial``, ``state``, the metrics, then ``plan.<choice>`` columns."""
+        row: dict[str, Any] = {"trial": self.number, "state": self.state}
+        for name in MAIN_COLUMNS:
+            row[name] = self.metrics.get(name)
+        row.update({k: v for k, v in self.metrics.items() if k not in MAIN_COLUMNS})
+        row["duration_s"] = round(self.duration_s, 3)
+        row["reason"] = self.reason
+        row.update({f"plan.{k}": v for k, v in self.plan.choices.items()})
+        row["plan.seed"] = self.plan.seed
+        return row
+
+
+def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tuple[dict, dict]:
+    """(metrics, measurement conditions) of a finished model: the teacher's or a trial's."""
+    latency = measure_latency(
+        model,
+        task.example_input,
+        batch_size=settings.batch_size,
+        threads=settings.threads,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+    )
+    metrics = {
+        "accuracy": float(task.metric(model, task.val)),
+        "latency_ms": latency.median_ms,
+        "latency_noise_ms": latency.noise_ms,
+        "memory_bytes": float(stored_bytes(model)),
+        "parameters": float(count_parameters(model)),
+        "sparsity": sparsity(model),
+    }
+    if task.test is not None:
+        metrics["test_accuracy"] = float(task.metric(model, task.test))
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise TrialError(f"measured {name} is {value}")
+    return metrics, {"latency": latency.to_dict(), "memory": "packed stored form, bytes"}
+
+
+def make_context(
+    task: Task, teacher_logits: torch.Tensor | None, finetune: FinetuneConfig, seed: int
+) -> Context:
+    return Context(
+        teacher=task.teacher,
+        train_x=task.train.x,
+        train_y=task.train.y,
+        example_input=task.example_input,
+        teacher_logits=teacher_logits,
+        epochs=finetune.epochs,
+        lr=finetune.lr,
+        batch_size=finetune.batch_size,
+        seed=seed,
+    )
+
+
+def build_compressed(plan: Plan, ctx: Context) -> nn.Module:
+    """Step 1: the compressed structure (every technique except the fine-tuning one)."""
+    model = ctx.teacher
+    for technique in PIPELINE:
+        if technique is not distill:
+            model = technique.apply(model, plan, ctx)
+    return model
+
+
+def run_trial(
+    plan: Plan,
+    task: Task,
+    *,
+    teacher_logits: torch.Tensor | None,
+    finetune: FinetuneConfig,
+    measure: MeasureConfig,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> TrialResult:
+    """Build, fine-tune, bake and measure the model of ``plan``; never raises for trial faults."""
+    started = time.perf_counter()
+    torch.manual_seed(plan.seed)
+    try:
+        ctx = make_context(task, teacher_logits, finetune, plan.seed)
+        ctx.on_epoch = on_epoch
+        model = build_compressed(plan, ctx)
+        model = distill.apply(model, plan, ctx)
+        model = bake(model)
+        metrics, measurement = measure_model(model, task, measure)
+    except (TrialError, RuntimeError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        if last and not isinstance(exc, TrialError):
+            reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
+        return TrialResult(plan, FAILED, reason=reason,
+                           duration_s=time.perf_counter() - started)
+    return TrialResult(plan, COMPLETE, metrics, measurement,
+                       duration_s=time.perf_counter() - started)

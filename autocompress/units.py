@@ -1,0 +1,47 @@
+"""Human-style units in study files: ``2ms``, ``100kB``, ``1.5MB``.
+
+Sizes use decimal prefixes (1 kB = 1000 bytes) and binary ones (1 KiB = 1024 bytes) as written.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+
+_BYTES = {
+    "": 1, "b": 1, "byte": 1, "bytes": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_MS = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
+
+
+def _parse(value: object, table: dict[str, float], what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected {what}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = re.fullmatch(_NUMBER + r"([A-Za-zµ]*)\s*", value)
+        if match and match.group(2).lower() in table:
+            return float(match.group(1)) * table[match.group(2).lower()]
+    raise ValueError(f"expected {what}")
+
+
+def parse_bytes(value: object) -> int:
+    """``"100kB"`` -> 100000; plain numbers are bytes."""
+    return round(_parse(value, _BYTES, "a size such as 100kB, 1.5MB or 2048"))
+
+
+def parse_ms(value: object) -> float:
+    """``"2ms"`` -> 2.0, ``"1s"`` -> 1000.0; plain numbers are milliseconds."""
+    return _parse(value, _MS, "a time such as 2ms, 0.5s or 1.5")
+
+
+def format_bytes(n: float) -> str:
+    """1234567 -> '1.23 MB' (decimal prefixes, as in the Deep Compression paper)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"

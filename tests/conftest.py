@@ -1,0 +1,31 @@
+"""Shared fixtures: small real data and teachers, trained once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autocompress.tasks import TEACHERS, load_dataset
+from autocompress.techniques import distill
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def mlp_teacher(digits):
+    """LeNet-300-100 trained on the 8x8 digits (a second or two)."""
+    torch.manual_seed(0)
+    model = TEACHERS["lenet300"](digits.input_shape, digits.num_classes)
+    distill.fit(model, digits.train.x, digits.train.y, epochs=10, batch_size=64)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def cnn_teacher(digits):
+    torch.manual_seed(0)
+    model = TEACHERS["lenet5"](digits.input_shape, digits.num_classes)
+    distill.fit(model, digits.train.x, digits.train.y, epochs=6, batch_size=64)
+    return model.eval()

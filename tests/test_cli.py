@@ -1,0 +1,49 @@
+"""The command line as a user meets it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autocompress.cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "missing file"),
+        ("name: x\ntrials: [1, 2\n", "line"),
+        ("name: x\ntrails: 3\n", "did you mean 'trials'"),
+        ("name: x\nspace: nowhere.yaml\n", "space: got 'nowhere.yaml'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, content, expected):
+    study = tmp_path / "study.yaml"
+    if content is not None:
+        study.write_text(content)
+    result = run_cli("search", str(study), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(study) in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_bad_flag_value_is_refused():
+    result = run_cli("search", "studies/quickstart.yaml", "--trials", "0")
+    assert result.returncode == 2 and "--trials: got 0" in result.stderr
+
+
+def test_help_explains_every_option():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "search" in top.stdout
+    sub = run_cli("search", "--help")
+    for option in ("--trials", "--seed", "--out", "STUDY.yaml"):
+        assert option in sub.stdout

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress.packing import (
+    channel_scales,
+    pack_state_dict,
+    pack_uint,
+    qmax,
+    unpack_state_dict,
+    unpack_uint,
+)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 13])
+def test_pack_uint_round_trip(bits):
+    codes = np.random.default_rng(bits).integers(0, 2**bits, size=1001)
+    data = pack_uint(codes, bits)
+    assert len(data) == -(-1001 * bits // 8)
+    assert np.array_equal(unpack_uint(data, bits, 1001), codes)
+
+
+def on_grid(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Snap a weight to the symmetric per-channel grid the packer uses."""
+    scale = torch.from_numpy(channel_scales(weight.numpy(), bits)).double()[:, None]
+    flat = weight.double().reshape(weight.shape[0], -1)
+    return (torch.round(flat / scale).clamp(-qmax(bits), qmax(bits)) * scale).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.03])
+def test_quantized_sparse_tensors_round_trip(bits, density):
+    gen = torch.Generator().manual_seed(bits)
+    weight = torch.randn(20, 3, 5, 5, generator=gen)
+    weight[torch.rand(weight.shape, generator=gen) > density] = 0.0
+    weight = on_grid(weight, bits).float()
+    state = {"conv.weight": weight, "conv.bias": torch.randn(20), "steps": torch.tensor(7)}
+    out = unpack_state_dict(pack_state_dict(state, {"conv.weight": bits}))
+    assert torch.allclose(out["conv.weight"], weight, rtol=1e-6, atol=1e-7)
+    assert torch.equal(out["conv.weight"] == 0, weight == 0)
+    assert torch.equal(out["conv.bias"], state["conv.bias"])
+    assert torch.equal(out["steps"], state["steps"]) and out["steps"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.01])
+def test_float_tensors_round_trip_exactly(density):
+    weight = torch.randn(64, 100)
+    weight[torch.rand(weight.shape) > density] = 0.0
+    out = unpack_state_dict(pack_state_dict({"w": weight}))
+    assert torch.equal(out["w"], weight)
+
+
+def test_sizes_follow_bits_and_sparsity():
+    weight = torch.randn(300, 784)
+    dense32 = len(pack_state_dict({"w": weight}))
+    dense8 = len(pack_state_dict({"w": weight}, {"w": 8}))
+    assert dense32 == pytest.approx(300 * 784 * 4, rel=1e-3)
+    assert dense8 == pytest.approx(300 * 784 + 300 * 4, rel=1e-3)  # codes plus one scale a row
+    sparse = weight.clone()
+    sparse[torch.rand(sparse.shape) > 0.1] = 0  # about 10% left
+    packed = len(pack_state_dict({"w": sparse}, {"w": 8}))
+    nnz = int((on_grid(sparse, 8) != 0).sum())
+    # each non-zero costs its 8-bit code plus a few bits of index, never more than 8 bits
+    assert nnz * 8 / 8 < packed < nnz * 16 / 8 + 300 * 4 + 100
+
+
+def test_rejects_foreign_bytes_and_bad_widths():
+    with pytest.raises(ValueError, match="magic"):
+        unpack_state_dict(b"nope")
+    with pytest.raises(ValueError, match="bit width"):
+        pack_state_dict({"w": torch.ones(2, 2)}, {"w": 12})
