@@ -6,7 +6,7 @@ Example (``studies/quickstart.yaml``)::
     task: {dataset: mnist5k, teacher: lenet300}
     space: search_spaces/default.yaml
     objectives: {accuracy: max, latency_ms: min, memory_bytes: min}
-    measure: {batch_size: 1, threads: 1}
+    measure: {batch_size: 1, threads: 1}   # runtime: onnxruntime (default) or torch
     finetune: {epochs: 3}
     trials: 24
     sampler: nsga2
@@ -29,6 +29,7 @@ from autocompress.tasks import DATASETS, TEACHERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("nsga2", "tpe", "random", "qmc")
+CHOICES = {"runtime": ("onnxruntime", "torch")}
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
 
 
@@ -41,10 +42,13 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class MeasureConfig:
+    """How latency is measured: batch, threads, repeats, and the runtime it is deployed in."""
+
     batch_size: int = 1
     threads: int = 1
     warmup: int = 10
     repeats: int = 50
+    runtime: str = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ def _section(where: str, name: str, data: object, cls: type) -> object:
             values[key] = _int(where, full, value, 1)
         elif isinstance(default, float):
             values[key] = _positive_float(where, full, value)
+        elif key in CHOICES:
+            if value not in CHOICES[key]:
+                hint = did_you_mean(str(value), CHOICES[key])
+                raise ConfigError(where, full, value, f"one of {', '.join(CHOICES[key])}{hint}")
+            values[key] = value
         else:
             values[key] = value
     return cls(**values)
@@ -137,6 +146,18 @@ def _objectives(where: str, data: object) -> dict[str, str]:
     return result
 
 
+def _with_runtime(where: str, data: Mapping) -> object:
+    """``runtime:`` may stand at the top of a study file; it belongs to ``measure``."""
+    measure = data.get("measure")
+    if "runtime" not in data:
+        return measure
+    if not isinstance(measure, Mapping | None):
+        return measure  # reported by _section
+    if measure and "runtime" in measure:
+        raise ConfigError(where, "runtime", data["runtime"], "runtime in one place only")
+    return {**(measure or {}), "runtime": data["runtime"]}
+
+
 def study_from_dict(
     data: object, *, where: str = "<dict>", default_name: str = "study"
 ) -> StudyConfig:
@@ -146,7 +167,7 @@ def study_from_dict(
     if not isinstance(data, Mapping):
         raise ConfigError(where, None, type(data).__name__, "a YAML mapping of study fields")
     fields = StudyConfig.__dataclass_fields__
-    allowed = [k for k in fields if k != "source"]
+    allowed = [k for k in fields if k != "source"] + ["runtime"]
     for key in data:
         if key not in allowed:
             raise unknown_key_error(where, str(key), allowed)
@@ -168,7 +189,7 @@ def study_from_dict(
         task=_task(where, data.get("task")),
         space=space,
         objectives=_objectives(where, data.get("objectives", dict(OBJECTIVES))),
-        measure=_section(where, "measure", data.get("measure"), MeasureConfig),
+        measure=_section(where, "measure", _with_runtime(where, data), MeasureConfig),
         finetune=_section(where, "finetune", data.get("finetune"), FinetuneConfig),
         trials=_int(where, "trials", data.get("trials", 20), 1),
         sampler=sampler,

@@ -10,14 +10,15 @@ Per tensor the encoder picks the smallest of three layouts for the non-zeros:
 * relative: ``(gap, value)`` pairs with ``k``-bit gaps, a zero "filler" entry where a gap does not
   fit (the index coding of Deep Compression, Han et al. 2016), with ``k`` chosen per tensor.
 
-Values are float32 (``bits=32``), float16 (``bits=16``) or symmetric per-output-channel integer
-codes of ``bits`` bits (2..8) with one float32 scale per output channel.
+Values are float32 (``bits=32``), float16 (``bits=16``) or per-output-channel integer codes of
+``bits`` bits (2..8): symmetric (one float32 scale per channel) or asymmetric (a scale and an
+8-bit zero point per channel). Zero is exact in both, so pruned weights cost nothing.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ MAX_GAP_BITS = 16
 # A quantized layer carries its weight width in this attribute (set by techniques.quantize,
 # read by measure.memory): the one link between compressing a layer and measuring it.
 BITS_ATTRIBUTE = "weight_bits"
+SCHEME_ATTRIBUTE = "weight_scheme"  # "symmetric" or "asymmetric", beside the bits
 
 
 def pack_uint(codes: np.ndarray, bits: int) -> bytes:
@@ -105,22 +107,50 @@ def _values_from_bytes(data: bytes, bits: int, count: int) -> np.ndarray:
     return unpack_uint(data, bits, count).astype(np.int64)
 
 
-def _encode_float_tensor(array: np.ndarray, bits: int) -> tuple[bytes, bytes, bytes, _Layout]:
-    """(scales, index payload, values payload, layout) for one float tensor."""
-    flat = array.reshape(-1).astype(np.float64)
-    scales = b""
-    if bits in FLOAT_BITS:
-        stored = flat
-        zero_value = 0.0
+def asymmetric_grid(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (scale, zero point) of an asymmetric grid covering min..max and 0."""
+    rows = weight.reshape(weight.shape[0], -1) if weight.ndim > 1 else weight.reshape(1, -1)
+    levels = 2**bits - 1
+    low = np.minimum(rows.min(axis=1), 0.0) if rows.size else np.zeros(rows.shape[0])
+    high = np.maximum(rows.max(axis=1), 0.0) if rows.size else np.zeros(rows.shape[0])
+    scale = np.where(high - low > 0, (high - low) / levels, 1.0).astype(np.float32)
+    zero_point = np.clip(np.rint(-low / scale), 0, levels).astype(np.int64)
+    return scale, zero_point
+
+
+def _codes(array: np.ndarray, bits: int, asymmetric: bool):
+    """(unsigned codes, zero code of each element, scales bytes) of an integer-coded tensor."""
+    flat = array.reshape(-1)
+    channels = array.shape[0] if array.ndim > 1 else 1
+    per_channel = flat.size // channels if channels else 0
+    if asymmetric:
+        scale, zero_point = asymmetric_grid(array, bits)
+        codes = np.rint(flat / np.repeat(scale, per_channel)) + np.repeat(zero_point, per_channel)
+        codes = np.clip(codes, 0, 2**bits - 1).astype(np.int64)
+        zero_codes = np.repeat(zero_point, per_channel)
+        header = scale.astype("<f4").tobytes() + zero_point.astype(np.uint8).tobytes()
     else:
         scale = channel_scales(array, bits)
-        per_element = np.repeat(scale, flat.size // scale.size if scale.size else 0)
-        codes = np.clip(np.rint(flat / per_element), -qmax(bits), qmax(bits)).astype(np.int64)
-        stored = codes + qmax(bits)  # unsigned codes; zero is qmax(bits)
-        zero_value = qmax(bits)
-        flat = codes.astype(np.float64)  # non-zero pattern after quantization
-        scales = scale.astype("<f4").tobytes()
-    nonzero = flat != 0
+        top = qmax(bits)
+        codes = np.clip(np.rint(flat / np.repeat(scale, per_channel)), -top, top).astype(np.int64)
+        codes += top  # unsigned; zero is `top`
+        zero_codes = np.full(flat.size, top, dtype=np.int64)
+        header = scale.astype("<f4").tobytes()
+    return codes, zero_codes, header
+
+
+def _encode_float_tensor(
+    array: np.ndarray, bits: int, asymmetric: bool = False
+) -> tuple[bytes, bytes, bytes, _Layout]:
+    """(scales, index payload, values payload, layout) for one float tensor."""
+    if bits in FLOAT_BITS:
+        stored = array.reshape(-1)
+        zero_codes = np.zeros(stored.size)
+        scales = b""
+        nonzero = stored != 0
+    else:
+        stored, zero_codes, scales = _codes(array, bits, asymmetric)
+        nonzero = stored != zero_codes  # the non-zero pattern after quantization
     layout = _choose_layout(nonzero, bits)
     if layout.kind == DENSE:
         index, values = b"", stored
@@ -135,54 +165,64 @@ def _encode_float_tensor(array: np.ndarray, bits: int) -> tuple[bytes, bytes, by
         real_at = np.cumsum(fillers + 1) - 1
         out_gaps = np.full(layout.entries, span - 1, dtype=np.int64)
         out_gaps[real_at] = gaps % span
-        values = np.full(layout.entries, zero_value, dtype=stored.dtype)
+        at = np.cumsum(out_gaps + 1) - 1  # where every entry, filler or real, lands
+        values = zero_codes[at].astype(stored.dtype)  # fillers decode to an exact zero
         values[real_at] = stored[positions]
         index = pack_uint(out_gaps, layout.gap_bits)
     return scales, index, _values_to_bytes(values, bits), layout
 
 
 def _decode_float_tensor(
-    shape: tuple[int, ...], bits: int, layout: _Layout, scales: bytes, index: bytes, payload: bytes
+    shape: tuple[int, ...], bits: int, asymmetric: bool, layout: _Layout, scales: bytes,
+    index: bytes, payload: bytes,
 ) -> np.ndarray:
     numel = int(np.prod(shape)) if shape else 1
     values = _values_from_bytes(payload, bits, layout.entries)
-    flat = np.zeros(numel, dtype=np.float64)
     if layout.kind == DENSE:
-        flat[:] = values
-        codes_at = np.arange(numel)
+        at = np.arange(numel)
     elif layout.kind == BITMAP:
-        mask = np.unpackbits(np.frombuffer(index, np.uint8), bitorder="little")[:numel].astype(bool)
-        codes_at = np.flatnonzero(mask)
-        flat[codes_at] = values
+        mask = np.unpackbits(np.frombuffer(index, np.uint8), bitorder="little")[:numel]
+        at = np.flatnonzero(mask)
     else:
         gaps = unpack_uint(index, layout.gap_bits, layout.entries).astype(np.int64)
-        codes_at = np.cumsum(gaps + 1) - 1
-        flat[codes_at] = values
-    if bits not in FLOAT_BITS:
-        scale = np.frombuffer(scales, dtype="<f4").astype(np.float64)
-        per_element = np.repeat(scale, numel // scale.size)
-        stored = np.full(numel, float(qmax(bits)))
-        stored[codes_at] = flat[codes_at]
-        flat = (stored - qmax(bits)) * per_element
-    return flat.reshape(shape)
+        at = np.cumsum(gaps + 1) - 1
+    if bits in FLOAT_BITS:
+        flat = np.zeros(numel, dtype=np.float64)
+        flat[at] = values
+        return flat.reshape(shape)
+    channels = shape[0] if len(shape) > 1 else 1
+    per_channel = numel // channels
+    scale = np.frombuffer(scales, dtype="<f4", count=channels).astype(np.float64)
+    if asymmetric:
+        zero_codes = np.frombuffer(scales, dtype=np.uint8, offset=4 * channels).astype(np.int64)
+    else:
+        zero_codes = np.full(channels, qmax(bits), dtype=np.int64)
+    zero_flat = np.repeat(zero_codes, per_channel)
+    codes = zero_flat.copy()
+    codes[at] = values
+    return ((codes - zero_flat) * np.repeat(scale, per_channel)).reshape(shape)
 
 
 def _pack_header(
-    name: str, dtype: str, shape: tuple[int, ...], bits: int, layout: _Layout
+    name: str, dtype: str, shape: tuple[int, ...], bits: int, flags: int, layout: _Layout
 ) -> bytes:
     name_b, dtype_b = name.encode(), dtype.encode()
     head = struct.pack("<H", len(name_b)) + name_b + struct.pack("<B", len(dtype_b)) + dtype_b
     head += struct.pack("<B", len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
-    return head + struct.pack("<BBBI", bits, layout.kind, layout.gap_bits, layout.entries)
+    return head + struct.pack("<BBBBI", bits, flags, layout.kind, layout.gap_bits, layout.entries)
 
 
 def pack_state_dict(
-    state_dict: Mapping[str, torch.Tensor], bits: Mapping[str, int] | None = None
+    state_dict: Mapping[str, torch.Tensor],
+    bits: Mapping[str, int] | None = None,
+    asymmetric: Collection[str] = (),
 ) -> bytes:
     """Encode a state dict in its stored form.
 
     ``bits`` maps a tensor's name to its width (2..8 integer codes, 16 or 32 float); floating
-    tensors not named are stored as float32. Zeros are never stored when an index is cheaper.
+    tensors not named are stored as float32. Tensors named in ``asymmetric`` use a per-channel
+    zero point (levels 0..2**bits-1) instead of the symmetric grid. Zeros are never stored
+    when an index is cheaper.
     Other dtypes (integer buffers) are stored raw.
 
     >>> import torch
@@ -203,14 +243,15 @@ def pack_state_dict(
             width = int(bits.get(name, 32))
             if width not in FLOAT_BITS and width not in INT_BITS:
                 raise ValueError(f"{name}: bit width {width} not in 2..8, 16 or 32")
+            flags = int(name in asymmetric and width in INT_BITS)
             scales, index, payload, layout = _encode_float_tensor(
-                tensor.to(torch.float64).numpy(), width
+                tensor.to(torch.float64).numpy(), width, bool(flags)
             )
         else:
-            width, scales, index = 0, b"", b""
+            width, flags, scales, index = 0, 0, b"", b""
             payload = tensor.numpy().tobytes()
             layout = _Layout(DENSE, 0, tensor.numel(), 8 * len(payload))
-        chunks.append(_pack_header(name, dtype, shape, width, layout))
+        chunks.append(_pack_header(name, dtype, shape, width, flags, layout))
         for part in (scales, index, payload):
             chunks.append(struct.pack("<I", len(part)) + part)
     return b"".join(chunks)
@@ -243,7 +284,7 @@ def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
         dtype = getattr(torch, take_bytes(take("<B")[0]).decode())
         ndim = take("<B")[0]
         shape = take(f"<{ndim}I")
-        bits, kind, gap_bits, entries = take("<BBBI")
+        bits, flags, kind, gap_bits, entries = take("<BBBBI")
         scales, index, payload = (take_bytes(take("<I")[0]) for _ in range(3))
         if bits == 0:
             np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -251,6 +292,7 @@ def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
             out[name] = torch.from_numpy(array)
             continue
         layout = _Layout(kind, gap_bits, entries, 0)
-        array = _decode_float_tensor(tuple(shape), bits, layout, scales, index, payload)
+        array = _decode_float_tensor(tuple(shape), bits, bool(flags), layout, scales, index,
+                                     payload)
         out[name] = torch.from_numpy(array).to(dtype)
     return out

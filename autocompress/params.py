@@ -27,6 +27,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     values: tuple[Choice, ...] = ()
+    per_layer: bool = False  # a space may search one value per weight layer (``name.<layer>``)
 
     def allowed(self) -> str:
         """Words for the error message: what this parameter accepts."""

@@ -31,6 +31,10 @@ class Plan:
     def get(self, name: str, default: Choice = None) -> Choice:
         return self.choices.get(name, default)
 
+    def for_layer(self, name: str, layer: str, default: Choice = None) -> Choice:
+        """A per-layer choice (``prune.ratio.3``) if the plan has one, else the global one."""
+        return self.choices.get(f"{name}.{layer}", self.choices.get(name, default))
+
     def section(self, prefix: str) -> dict[str, Choice]:
         """The choices under ``prefix.`` with the prefix stripped."""
         start = prefix + "."

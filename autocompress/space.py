@@ -7,17 +7,21 @@ A space is YAML, one section per technique (``student``, ``prune``, ``quantize``
     quantize:
       bits: [2, 4, 8, 32]               # ordered choices: the sampler sees 2 < 4 < 8 < 32
     student:
-      width: 0.5                        # a fixed value, not searched
+      width: {low: 0.3, high: 1.0, per_layer: true}   # one value per hidden layer
+    quantize:
+      bits: {choices: [4, 8], per_layer: true}         # mixed precision
 
 Each parameter is checked against what its technique declares (:mod:`autocompress.params`); a
 parameter left out keeps its default. Ordered numeric choices are sampled as an integer index
 (``quantize.bits.index``) so model-based samplers keep their order; the Plan holds the real value.
+``per_layer: true`` (for parameters that allow it) becomes one dimension per weight layer of the
+teacher, ``<name>.<layer>``, once :meth:`SearchSpace.for_layers` knows the layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +55,7 @@ class Dimension:
     high: float = 0.0
     log: bool = False
     step: float | None = None
+    per_layer: bool = False
 
     def sample(self, suggest: Suggester) -> Choice:
         if self.kind == "fixed":
@@ -95,11 +100,23 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
         return param.kind == "float" or float(value).is_integer()
 
     if isinstance(spec, Mapping):
+        per_layer = spec.get("per_layer", False)
+        if not isinstance(per_layer, bool) or (per_layer and not param.per_layer):
+            raise ConfigError(where, f"{name}.per_layer", per_layer,
+                              "true or false" if param.per_layer else f"{name} is global only")
+        if "choices" in spec:
+            extra = set(spec) - {"choices", "per_layer"}
+            if extra:
+                raise unknown_key_error(where, f"{name}.{sorted(extra)[0]}",
+                                        (f"{name}.choices", f"{name}.per_layer"))
+            return replace(_dimension(where, name, spec["choices"], param), per_layer=per_layer)
         if param.kind not in ("float", "int"):
             raise fail()
+        allowed_keys = ("low", "high", "log", "step", "per_layer", "choices")
         for key in spec:
-            if key not in ("low", "high", "log", "step"):
-                raise unknown_key_error(where, f"{name}.{key}", ("low", "high", "log", "step"))
+            if key not in allowed_keys:
+                allowed = [f"{name}.{k}" for k in allowed_keys]
+                raise unknown_key_error(where, f"{name}.{key}", allowed)
         low, high = spec.get("low"), spec.get("high")
         if not (fits(low) and fits(high)) or low > high:
             raise fail()
@@ -109,7 +126,7 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
         if log and (low <= 0 or step is not None):
             raise ConfigError(where, f"{name}.log", log, "log only with low > 0 and no step")
         kind = "int" if param.kind == "int" else "float"
-        return Dimension(name, kind, low=low, high=high, log=log, step=step)
+        return Dimension(name, kind, low=low, high=high, log=log, step=step, per_layer=per_layer)
     if isinstance(spec, list):
         if not spec or not all(fits(v) for v in spec) or len(set(spec)) != len(spec):
             raise fail()
@@ -162,6 +179,17 @@ class SearchSpace:
     def sample(self, suggest: Suggester) -> dict[str, Choice]:
         """Every parameter's value for one trial, asking ``suggest`` for the searched ones."""
         return {name: dim.sample(suggest) for name, dim in self.dimensions.items()}
+
+    def for_layers(self, layers: list[str]) -> SearchSpace:
+        """This space with every per-layer dimension split into one per named weight layer."""
+        dims: dict[str, Dimension] = {}
+        for name, dim in self.dimensions.items():
+            if not dim.per_layer:
+                dims[name] = dim
+                continue
+            for layer in layers:
+                dims[f"{name}.{layer}"] = replace(dim, name=f"{name}.{layer}", per_layer=False)
+        return SearchSpace(dims, source=self.source)
 
     @property
     def searched(self) -> dict[str, Dimension]:

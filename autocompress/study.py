@@ -27,7 +27,8 @@ from autocompress.report.tables import describe_metrics, results_dataframe, writ
 from autocompress.space import SearchSpace
 from autocompress.tasks import TEACHERS, Task, load_dataset
 from autocompress.techniques import distill
-from autocompress.trial import TrialResult, measure_model, run_trial
+from autocompress.techniques.common import weight_layers
+from autocompress.trial import TeacherOutputs, TrialResult, measure_model, run_trial
 
 Progress = Callable[[str], None]
 TEACHER_SEED = 0  # one teacher per task, whatever the study's seed
@@ -81,13 +82,6 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
     return Task(f"{spec.dataset}/{spec.teacher}", teacher, data.train, data.val, data.test)
 
 
-def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The teacher's logits on the training inputs: computed once, shared by every trial."""
-    teacher.eval()
-    with torch.inference_mode():
-        return torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)])
-
-
 def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Progress):
     searched = list(space.searched)
 
@@ -125,7 +119,8 @@ def run_study(
     progress(f"teacher: {describe_metrics(teacher_metrics)}  "
              f"(batch {config.measure.batch_size}, {config.measure.threads} thread(s))")
 
-    logits = teacher_outputs(task.teacher, task.train.x)
+    outputs = TeacherOutputs.of(task.teacher, task.train.x)
+    space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     study = optuna_backend.open_study(
         storage, config.name, config.objectives, sampler_name=config.sampler, seed=config.seed,
@@ -136,7 +131,7 @@ def run_study(
         progress(f"resuming study {config.name!r}: {before} trials stored, adding {config.trials}")
 
     def run(plan):
-        return run_trial(plan, task, teacher_logits=logits, finetune=config.finetune,
+        return run_trial(plan, task, teacher_outputs=outputs, finetune=config.finetune,
                          measure=config.measure)
 
     optuna_backend.optimize(
@@ -167,7 +162,9 @@ def search(
     objectives: Mapping[str, str] | None = None,
     batch_size: int = 1,
     threads: int = 1,
+    runtime: str = "onnxruntime",
     finetune_epochs: int = 3,
+    student_factory: Callable[[Any, nn.Module], nn.Module] | None = None,
     progress: Progress = print,
 ) -> StudyOutcome:
     """Search compressed versions of your own trained ``teacher``; the study-file path in Python.
@@ -175,12 +172,14 @@ def search(
     ``train``/``val``/``test``: ``(x, y)`` tensor pairs or DataLoaders of ``(x, y)`` batches.
     ``metric(model, split)`` is maximised (default: accuracy); ``split.x``/``split.y`` are tensors.
     ``space``: a shipped space name, a YAML path, a mapping as in the YAML, or a SearchSpace.
+    ``student_factory(plan, teacher)``: builds the student when the teacher is not a flat
+    ``nn.Sequential`` (see :mod:`autocompress.techniques.student`).
     """
     from autocompress.config import study_from_dict
 
     fields: dict[str, Any] = {
         "name": name, "trials": trials, "seed": seed, "sampler": sampler,
-        "measure": {"batch_size": batch_size, "threads": threads},
+        "measure": {"batch_size": batch_size, "threads": threads, "runtime": runtime},
         "finetune": {"epochs": finetune_epochs},
     }
     if objectives is not None:
@@ -190,7 +189,8 @@ def search(
         space = SearchSpace.from_dict(space, where="search(space=...)")
     elif not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(resolve_space(str(space), study_source="search()"))
-    task_kwargs: dict[str, Any] = {"example_input": example_input, "test": test}
+    task_kwargs: dict[str, Any] = {"example_input": example_input, "test": test,
+                                   "student_factory": student_factory}
     if metric is not None:
         task_kwargs["metric"] = metric
     task = Task(name, teacher.eval(), train, val, **task_kwargs)

@@ -21,6 +21,7 @@ from torch import nn
 from autocompress.config import FinetuneConfig, MeasureConfig
 from autocompress.errors import TrialError
 from autocompress.measure import measure_latency, stored_bytes
+from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
 from autocompress.tasks import Task
 from autocompress.techniques import PIPELINE, distill
@@ -61,9 +62,15 @@ class TrialResult:
 
 
 def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tuple[dict, dict]:
-    """(metrics, measurement conditions) of a finished model: the teacher's or a trial's."""
+    """(metrics, measurement conditions) of a finished model: the teacher's or a trial's.
+
+    Accuracy and latency are those of the model deployed in the study's runtime (int8 in ONNX
+    Runtime where every layer is quantized); the stored size is that of the packed weights.
+    """
+    deployed = deploy(model, settings.runtime, example_input=task.example_input,
+                      threads=settings.threads, calibration=task.train.x)
     latency = measure_latency(
-        model,
+        deployed,
         task.example_input,
         batch_size=settings.batch_size,
         threads=settings.threads,
@@ -71,7 +78,7 @@ def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tupl
         repeats=settings.repeats,
     )
     metrics = {
-        "accuracy": float(task.metric(model, task.val)),
+        "accuracy": float(task.metric(deployed, task.val)),
         "latency_ms": latency.median_ms,
         "latency_noise_ms": latency.noise_ms,
         "memory_bytes": float(stored_bytes(model)),
@@ -79,27 +86,46 @@ def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tupl
         "sparsity": sparsity(model),
     }
     if task.test is not None:
-        metrics["test_accuracy"] = float(task.metric(model, task.test))
+        metrics["test_accuracy"] = float(task.metric(deployed, task.test))
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise TrialError(f"measured {name} is {value}")
-    return metrics, {"latency": latency.to_dict(), "memory": "packed stored form, bytes"}
+    int8 = bool(getattr(deployed, "int8", False))
+    latency_info = {**latency.to_dict(), "runtime": settings.runtime + (" int8" if int8 else "")}
+    return metrics, {"latency": latency_info, "memory": "packed stored form, bytes"}
 
 
 def make_context(
-    task: Task, teacher_logits: torch.Tensor | None, finetune: FinetuneConfig, seed: int
+    task: Task, teacher_outputs: TeacherOutputs | None, finetune: FinetuneConfig, seed: int
 ) -> Context:
     return Context(
         teacher=task.teacher,
         train_x=task.train.x,
         train_y=task.train.y,
         example_input=task.example_input,
-        teacher_logits=teacher_logits,
+        teacher_logits=teacher_outputs.logits if teacher_outputs else None,
+        teacher_features=teacher_outputs.features if teacher_outputs else None,
+        student_factory=task.student_factory,
         epochs=finetune.epochs,
         lr=finetune.lr,
         batch_size=finetune.batch_size,
         seed=seed,
     )
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """The teacher's logits and penultimate features on the training split, computed once."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+    @classmethod
+    def of(cls, teacher: nn.Module, x: torch.Tensor) -> TeacherOutputs:
+        teacher.eval()
+        with torch.inference_mode():
+            logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)])
+        return cls(logits, distill.penultimate_features(teacher, x))
 
 
 def build_compressed(plan: Plan, ctx: Context) -> nn.Module:
@@ -115,7 +141,7 @@ def run_trial(
     plan: Plan,
     task: Task,
     *,
-    teacher_logits: torch.Tensor | None,
+    teacher_outputs: TeacherOutputs | None,
     finetune: FinetuneConfig,
     measure: MeasureConfig,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
@@ -124,12 +150,13 @@ def run_trial(
     started = time.perf_counter()
     torch.manual_seed(plan.seed)
     try:
-        ctx = make_context(task, teacher_logits, finetune, plan.seed)
+        ctx = make_context(task, teacher_outputs, finetune, plan.seed)
         ctx.on_epoch = on_epoch
         model = build_compressed(plan, ctx)
         model = distill.apply(model, plan, ctx)
         model = bake(model)
         metrics, measurement = measure_model(model, task, measure)
+        metrics.update(ctx.notes)
     except (TrialError, RuntimeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         last = traceback.extract_tb(exc.__traceback__)[-1:]

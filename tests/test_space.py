@@ -11,7 +11,9 @@ from autocompress.space import SearchSpace
 def test_default_space_searches_all_three_techniques():
     space = SearchSpace.from_yaml(PROJECT_ROOT / "search_spaces" / "default.yaml")
     assert {"student.width", "prune.ratio", "quantize.bits"} <= set(space.searched)
-    assert space.dimensions["quantize.bits"].values == (2, 4, 8, 32)
+    assert {2, 4, 8, 32} <= set(space.dimensions["quantize.bits"].values)
+    assert {"prune.kind", "prune.criterion", "student.drop_layers", "quantize.scheme",
+            "quantize.mode", "distill.feature_weight"} <= set(space.searched)
 
 
 def test_sampling_with_a_real_optuna_trial_keeps_bits_ordered_and_values_real():
@@ -54,3 +56,22 @@ def test_missing_space_file_and_bad_yaml(tmp_path):
     bad.write_text("prune: {ratio: [0.1,\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml line"):
         SearchSpace.from_yaml(bad)
+
+
+def test_per_layer_dimensions_expand_over_the_teachers_layers():
+    space = SearchSpace.from_dict({
+        "prune": {"ratio": {"low": 0.0, "high": 0.9, "per_layer": True}},
+        "quantize": {"bits": {"choices": [2, 4, 8], "per_layer": True}},
+        "distill": {"alpha": {"low": 0.1, "high": 0.9}},
+    }).for_layers(["1", "3", "5"])
+    searched = set(space.searched)
+    assert {"prune.ratio.1", "prune.ratio.3", "prune.ratio.5", "quantize.bits.5"} <= searched
+    assert "prune.ratio" not in space.dimensions and "distill.alpha" in searched
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    choices = space.sample(study.ask())
+    assert choices["quantize.bits.3"] in (2, 4, 8) and 0 <= choices["prune.ratio.1"] <= 0.9
+
+
+def test_per_layer_is_refused_where_a_parameter_is_global_only():
+    with pytest.raises(ConfigError, match=r"distill\.alpha\.per_layer"):
+        SearchSpace.from_dict({"distill": {"alpha": {"low": 0, "high": 1, "per_layer": True}}})

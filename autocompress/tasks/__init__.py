@@ -51,7 +51,9 @@ class Task:
     ``train`` / ``val`` / ``test`` may be ``Split``\\ s, ``(x, y)`` tensor pairs, or DataLoaders
     yielding ``(x, y)`` batches; loaders are read once into memory, since every trial reuses the
     same data and the teacher's outputs on it. ``metric(model, split) -> float`` is maximised;
-    it defaults to classification accuracy.
+    it defaults to classification accuracy. ``student_factory(plan, teacher) -> nn.Module``
+    builds the student for architectures the built-in student builder cannot cut (anything but a
+    flat ``nn.Sequential``); it reads the plan's ``student.*`` choices itself.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Task:
     test: Split | None = None
     metric: Metric = field(default=accuracy)
     example_input: torch.Tensor | None = None
+    student_factory: Callable[..., nn.Module] | None = None
 
     def __post_init__(self) -> None:
         self.train = _materialise(self.train)

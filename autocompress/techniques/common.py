@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from autocompress.plan import Plan
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -16,9 +18,11 @@ WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class Context:
     """What a technique may use besides the model and the plan.
 
-    ``teacher_logits`` are the teacher's outputs on ``train_x``, computed once per study and shared
-    by every trial. ``on_epoch(epoch, model)`` is called after each fine-tune epoch (fidelity
-    reports for early stopping).
+    ``teacher_logits`` (and ``teacher_features``, the teacher's inputs to its last layer) are
+    computed once per study on ``train_x`` and shared by every trial. Techniques add hooks:
+    ``before_epoch`` (e.g. a pruning schedule) and ``after_training`` (e.g. post-training
+    quantization); ``on_epoch(epoch, model)`` reports fidelity after each epoch. ``notes``
+    collects figures a technique wants recorded (parameters and MACs before and after).
     """
 
     teacher: nn.Module
@@ -30,7 +34,12 @@ class Context:
     lr: float = 1e-3
     batch_size: int = 128
     seed: int = 0
+    teacher_features: torch.Tensor | None = None
+    student_factory: Callable[[Plan, nn.Module], nn.Module] | None = None
     on_epoch: Callable[[int, nn.Module], None] | None = None
+    before_epoch: list[Callable[[int, nn.Module], None]] = field(default_factory=list)
+    after_training: list[Callable[[nn.Module], None]] = field(default_factory=list)
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,10 +1,17 @@
-"""Weight quantization: symmetric, per output channel, trained with straight-through gradients.
+"""Weight quantization: per output channel, symmetric or asymmetric, trained or post-training.
 
-During fine-tuning the weights pass through ``torch.fake_quantize_per_channel_affine`` (forward:
-rounded to ``2**(bits-1) - 1`` levels each side of zero; backward: gradients pass straight
-through), so the student learns weights that survive rounding: quantization-aware distillation.
-Zero stays exactly zero, so pruned weights stay pruned. ``bits=16`` stores float16, ``32`` is off.
-The chosen width is left on each layer as ``weight_bits`` for the stored-size measurement.
+* ``quantize.bits``: 2..8 bits, 16 (float16) or 32 (off); globally or per layer
+  (``quantize.bits.<layer>``, mixed precision); ``quantize.last_layer_8bit`` keeps the output
+  layer at 8 bits whatever the rest use.
+* ``quantize.scheme``: ``symmetric`` (levels -q..q around an exact zero) or ``asymmetric``
+  (levels 0..2**bits-1 with a per-channel integer zero point, so zero stays exact too).
+* ``quantize.mode``: ``qat`` passes the weights through ``torch.fake_quantize_per_channel_affine``
+  while fine-tuning (forward rounded, backward straight through: quantization-aware
+  distillation); ``ptq`` fine-tunes in float and quantizes afterwards, each channel's clipping
+  range calibrated to the smallest rounding error.
+
+Pruned zeros stay exactly zero in both schemes. Each layer keeps its format in ``weight_bits``
+and ``weight_scheme`` for the stored-size measurement and the runtime.
 """
 
 from __future__ import annotations
@@ -13,43 +20,116 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.packing import BITS_ATTRIBUTE, qmax
+from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, qmax
 from autocompress.params import Param
 from autocompress.plan import Plan
 from autocompress.techniques.common import Context, weight_layers
 
 BIT_WIDTHS = (2, 3, 4, 5, 6, 8, 16, 32)
+PTQ_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 PARAMETERS = (
-    Param("bits", "choice", 32, "weight bit width of every weight layer (32 = float, off)",
-          values=BIT_WIDTHS),
+    Param("bits", "choice", 32, "weight bit width (32 = float, off)", values=BIT_WIDTHS,
+          per_layer=True),
+    Param("scheme", "choice", "symmetric", "integer grid around zero, or with a zero point",
+          values=("symmetric", "asymmetric")),
+    Param("mode", "choice", "qat", "quantize while fine-tuning (qat) or after it (ptq)",
+          values=("qat", "ptq")),
+    Param("last_layer_8bit", "bool", False, "keep the output layer at 8 bits"),
 )
 
 
-class FakeQuantize(nn.Module):
-    """Parametrization: per-channel symmetric fake quantization with a straight-through gradient."""
+def _grid(weight: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0):
+    """Per-channel (scale, zero_point, qmin, qmax) of the quantization grid."""
+    rows = weight.detach().flatten(1)
+    if symmetric:
+        top = qmax(bits)
+        peak = rows.abs().amax(dim=1) * clip
+        scale = torch.where(peak > 0, peak / top, torch.ones_like(peak))
+        return scale.float(), torch.zeros(len(rows), dtype=torch.int32), -top, top
+    levels = 2**bits - 1
+    low = torch.clamp(rows.amin(dim=1) * clip, max=0.0)
+    high = torch.clamp(rows.amax(dim=1) * clip, min=0.0)
+    span = high - low
+    scale = torch.where(span > 0, span / levels, torch.ones_like(span))
+    zero_point = torch.clamp(torch.round(-low / scale), 0, levels).to(torch.int32)
+    return scale.float(), zero_point, 0, levels
 
-    def __init__(self, bits: int) -> None:
+
+def fake_quantize(weight: torch.Tensor, bits: int, symmetric: bool = True,
+                  clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Round ``weight`` to its per-channel grid; gradients pass straight through."""
+    if bits == 16:
+        return weight.to(torch.float16).to(weight.dtype)
+    scale, zero_point, low, high = _grid(weight, bits, symmetric, clip)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, low, high)
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization applying :func:`fake_quantize`; off until ``enabled`` (for PTQ)."""
+
+    def __init__(self, bits: int, symmetric: bool = True, enabled: bool = True) -> None:
         super().__init__()
-        self.bits = bits
+        self.bits, self.symmetric, self.enabled = bits, symmetric, enabled
+        self.register_buffer("clip", torch.tensor(1.0))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.bits == 16:
-            return weight.to(torch.float16).to(weight.dtype)
-        top = qmax(self.bits)
-        peak = weight.detach().flatten(1).abs().amax(dim=1)
-        scale = torch.where(peak > 0, peak / top, torch.ones_like(peak)).float()
-        zero_point = torch.zeros(weight.shape[0], dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -top, top)
+        if not self.enabled:
+            return weight
+        clip = self.clip if self.clip.dim() == 0 else self.clip.to(weight.dtype)
+        return fake_quantize(weight, self.bits, self.symmetric, clip)
+
+    def calibrate(self, weight: torch.Tensor) -> None:
+        """Per channel, the clipping ratio with the smallest squared rounding error."""
+        if self.bits >= 16:
+            return
+        rows = weight.detach().flatten(1)
+        errors = torch.stack([
+            ((fake_quantize(weight.detach(), self.bits, self.symmetric, c).flatten(1) - rows) ** 2
+             ).sum(dim=1)
+            for c in PTQ_CLIPS
+        ])
+        self.clip = torch.tensor(PTQ_CLIPS)[errors.argmin(dim=0)]
+
+
+def layer_bits(plan: Plan, name: str, is_last: bool) -> int:
+    bits = int(plan.for_layer("quantize.bits", name, 32))
+    if is_last and plan.get("quantize.last_layer_8bit", False):
+        bits = 8
+    return bits
+
+
+def _quantizer(module: nn.Module) -> FakeQuantize | None:
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, FakeQuantize):
+                return p
+    return None
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    bits = int(plan.get("quantize.bits", 32))
-    if bits >= 32:
-        return model
-    for _, module in weight_layers(model):
-        parametrize.register_parametrization(module, "weight", FakeQuantize(bits))
+    symmetric = plan.get("quantize.scheme", "symmetric") == "symmetric"
+    post_training = plan.get("quantize.mode", "qat") == "ptq"
+    layers = weight_layers(model)
+    quantized = []
+    for i, (name, module) in enumerate(layers):
+        bits = layer_bits(plan, name, i == len(layers) - 1)
+        if bits >= 32:
+            continue
+        parametrize.register_parametrization(
+            module, "weight", FakeQuantize(bits, symmetric, enabled=not post_training)
+        )
         setattr(module, BITS_ATTRIBUTE, bits)
+        setattr(module, SCHEME_ATTRIBUTE, "symmetric" if symmetric else "asymmetric")
+        quantized.append(module)
+    if post_training and quantized:
+        def quantize_now(_: nn.Module) -> None:
+            for module in quantized:
+                quantizer = _quantizer(module)
+                quantizer.calibrate(module.weight)  # the float weight, masks applied
+                quantizer.enabled = True
+
+        ctx.after_training.append(quantize_now)
     return model
 
 

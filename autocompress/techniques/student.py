@@ -1,14 +1,26 @@
-"""The distillation student: a narrower copy of the teacher, migrated from its strongest units.
+"""The distillation student: a shallower, narrower teacher, migrated from its best units.
 
-A flat ``nn.Sequential`` of linear / conv blocks is narrowed layer by layer: each hidden layer keeps
-``round(width * units)`` output neurons (channels), chosen by the L2 norm of their weights when
-``migrate`` is on, or kept at random and re-initialised when it is off. The next layer's inputs are
-sliced to match, through ``Flatten`` and batch norm. The last weight layer keeps all its outputs.
+A flat ``nn.Sequential`` of linear / conv blocks is cut in two steps:
+
+* depth: ``student.drop_layers`` hidden linear layers (those nearest the output first) are
+  removed. Each is bridged by composing it with the next linear layer (``W' = W_next @ W``,
+  ``b' = W_next @ b + b_next``, the activation between them dropped), so the student starts from
+  a linear approximation of the teacher's path rather than from nothing. A dropped layer and its
+  activation become ``nn.Identity``, so every kept layer keeps its name.
+* width: each hidden weight layer keeps ``round(width * units)`` output neurons / channels
+  (``student.width`` or, per layer, ``student.width.<layer>``), chosen by
+  ``student.criterion`` when ``migrate`` is on, or at random and re-initialised when it is off.
+  The next layer's inputs are sliced to match, through ``Flatten`` and batch norm. The last weight
+  layer keeps all its outputs.
+
+Conv blocks are never dropped (removing one changes the feature map the next block expects).
+Other architectures: pass ``student_factory`` to the API instead.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -17,12 +29,17 @@ from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
 from autocompress.techniques.common import WEIGHT_LAYERS, Context
+from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
 
 PARAMETERS = (
     Param("width", "float", 1.0, "share of each hidden layer's neurons / channels kept",
-          low=0.05, high=1.0),
+          low=0.05, high=1.0, per_layer=True),
+    Param("drop_layers", "int", 0, "hidden linear layers removed (nearest the output first)",
+          low=0, high=8),
     Param("migrate", "bool", True,
-          "start from the teacher's largest-norm units (true) or from random weights (false)"),
+          "start from the teacher's most important units (true) or from random weights (false)"),
+    Param("criterion", "choice", "l2", "importance criterion choosing the migrated units",
+          values=CRITERIA),
 )
 
 _PASS_THROUGH = (
@@ -78,14 +95,55 @@ def _slice_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
+def droppable(model: nn.Sequential) -> list[int]:
+    """Positions of hidden linear layers that can be bridged into the next linear layer."""
+    positions = [i for i, m in enumerate(model) if isinstance(m, WEIGHT_LAYERS)]
+    found = []
+    for here, after in itertools.pairwise(positions):
+        between = list(model)[here + 1 : after]
+        if (isinstance(model[here], nn.Linear) and isinstance(model[after], nn.Linear)
+                and all(isinstance(m, _PASS_THROUGH) for m in between)):
+            found.append(here)
+    return found
+
+
+def drop_layers(model: nn.Sequential, count: int) -> nn.Sequential:
+    """A copy without ``count`` hidden linear layers (nearest the output first), bridged."""
+    student = copy.deepcopy(model)
+    if count <= 0:
+        return student
+    candidates = droppable(student)
+    if count > len(candidates):
+        raise TrialError(
+            f"student.drop_layers: got {count}, this teacher has {len(candidates)} droppable layers"
+        )
+    positions = [i for i, m in enumerate(student) if isinstance(m, WEIGHT_LAYERS)]
+    for here in sorted(candidates, reverse=True)[:count]:
+        after = positions[positions.index(here) + 1]
+        first, second = student[here], student[after]
+        with torch.no_grad():
+            bridged = nn.Linear(first.in_features, second.out_features)
+            bridged.weight.copy_(second.weight @ first.weight)
+            bias = second.weight @ first.bias if first.bias is not None else 0.0
+            bridged.bias.copy_(bias + (second.bias if second.bias is not None else 0.0))
+        for i in range(here, after):
+            student[i] = nn.Identity()
+        student[after] = bridged
+    return student
+
+
 def narrow(
-    model: nn.Sequential, *, width: float, example_input: torch.Tensor, migrate: bool = True,
-    seed: int = 0,
+    model: nn.Sequential, *, width: float | dict[str, float], example_input: torch.Tensor,
+    migrate: bool = True, seed: int = 0, scores: dict[str, torch.Tensor] | None = None,
 ) -> nn.Sequential:
-    """A copy of ``model`` whose hidden weight layers keep ``width`` of their units."""
+    """A copy of ``model`` whose hidden weight layers keep ``width`` of their units.
+
+    ``width`` is one share for every layer or a share per layer name; ``scores`` gives each
+    layer's unit importance (default: the L2 norm of the unit's weights).
+    """
     if not isinstance(model, nn.Sequential):
         raise TrialError(
-            f"student.width needs a flat nn.Sequential teacher, got {type(model).__name__}"
+            f"student: needs a flat nn.Sequential teacher, got {type(model).__name__}"
         )
     weight_positions = [i for i, m in enumerate(model) if isinstance(m, WEIGHT_LAYERS)]
     last = weight_positions[-1] if weight_positions else -1
@@ -100,9 +158,13 @@ def narrow(
             keep_out = None
             if i != last:
                 units = module.weight.shape[0]
-                kept = max(1, round(width * units))
-                scores = unit_norms(module) if migrate else torch.rand(units, generator=generator)
-                keep_out = torch.sort(torch.topk(scores, kept).indices).values
+                share = width.get(str(i), 1.0) if isinstance(width, dict) else width
+                kept = max(1, round(share * units))
+                if not migrate:
+                    unit_scores = torch.rand(units, generator=generator)
+                else:
+                    unit_scores = (scores or {}).get(str(i), unit_norms(module))
+                keep_out = torch.sort(torch.topk(unit_scores, kept).indices).values
             layers.append(_slice_layer(module, keep, keep_out))
             keep = keep_out
         elif isinstance(module, _NORMS):
@@ -129,10 +191,32 @@ def narrow(
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    """The student for ``plan``: the teacher itself (copied) at width 1 with migration on."""
-    width = float(plan.get("student.width", 1.0))
+    """The student for ``plan``; the teacher itself (copied) when nothing is cut.
+
+    A ``ctx.student_factory(plan, teacher)`` given through the API builds it instead.
+    """
+    if ctx.student_factory is not None:
+        return ctx.student_factory(plan, model)
+    names = [str(i) for i, m in enumerate(model) if isinstance(m, WEIGHT_LAYERS)] if isinstance(
+        model, nn.Sequential) else []
+    widths = {name: float(plan.for_layer("student.width", name, 1.0)) for name in names}
+    dropped = int(plan.get("student.drop_layers", 0))
     migrate = bool(plan.get("student.migrate", True))
-    if width >= 1.0 and migrate:
+    if dropped == 0 and migrate and all(w >= 1.0 for w in widths.values()) and float(
+            plan.get("student.width", 1.0)) >= 1.0:
         return copy.deepcopy(model)
-    return narrow(model, width=width, example_input=ctx.example_input, migrate=migrate,
-                  seed=plan.seed)
+    if not isinstance(model, nn.Sequential):
+        raise TrialError(
+            f"student: needs a flat nn.Sequential teacher, got {type(model).__name__}; "
+            "give the API a student_factory instead"
+        )
+    shallow = drop_layers(model, dropped)
+    crit = criterion(str(plan.get("student.criterion", "l2")))
+    scores = None
+    if migrate:
+        grads = (accumulate_gradients(shallow, ctx.train_x, ctx.train_y, seed=plan.seed)
+                 if crit.needs_gradients else {})
+        scores = {name: crit.unit_scores(m.weight, grads.get(name))
+                  for name, m in shallow.named_children() if isinstance(m, WEIGHT_LAYERS)}
+    return narrow(shallow, width=widths, example_input=ctx.example_input, migrate=migrate,
+                  seed=plan.seed, scores=scores)

@@ -1,0 +1,125 @@
+"""Deployment runtimes: the model is timed (and scored) exactly as it would run.
+
+* ``torch``: eager PyTorch, the baked float model (quantized weights held as floats).
+* ``onnxruntime`` (default): the model exported to ONNX and run by ONNX Runtime on the CPU. When
+  every weight layer is quantized to 8 bits or fewer, the graph is quantized to int8 first: dynamic
+  quantization (int8 weights, activations quantized on the fly) for models of linear layers,
+  static QDQ quantization calibrated on training inputs (int8 activations too) for models with
+  convolutions. Sub-8-bit weights have no fast CPU kernel: they run as int8, while their stored
+  size counts them packed at their own width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.packing import BITS_ATTRIBUTE
+
+RUNTIMES = ("onnxruntime", "torch")
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+        raise ImportError("runtime onnxruntime needs: pip install 'autocompress[onnx]'") from exc
+    return onnxruntime
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
+    """ONNX bytes of ``model`` with a dynamic batch dimension (TorchScript exporter, opset 17)."""
+    buffer = io.BytesIO()
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices, not ours to fix
+        torch.onnx.export(
+            model, (example_input[:1],), buffer, dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def int8_ready(model: nn.Module) -> bool:
+    """True when every weight layer is quantized to 8 bits or fewer."""
+    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    return bool(layers) and all(getattr(m, BITS_ATTRIBUTE, 32) <= 8 for m in layers)
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over a few training inputs."""
+
+    def __init__(self, inputs: torch.Tensor, batch: int = 32) -> None:
+        self.batches = iter([{"input": inputs[i : i + batch].numpy()}
+                             for i in range(0, len(inputs), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize_int8(onnx_model: bytes, model: nn.Module, calibration: torch.Tensor) -> bytes:
+    """Int8 ONNX: dynamic for linear-only models, static QDQ (calibrated) with convolutions."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules())
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(onnx_model)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            if has_conv:
+                quantize_static(str(source), str(target), _Calibration(calibration),
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            else:
+                quantize_dynamic(str(source), str(target), per_channel=True,
+                                 weight_type=QuantType.QInt8)
+        return target.read_bytes()
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind the ``nn.Module`` call interface (inference only)."""
+
+    def __init__(self, onnx_model: bytes, *, threads: int, int8: bool) -> None:
+        super().__init__()
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx_model, options,
+                                            providers=["CPUExecutionProvider"])
+        self.int8 = int8
+        self.onnx_bytes = len(onnx_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"input": array})[0])
+
+
+def deploy(
+    model: nn.Module, runtime: str, *, example_input: torch.Tensor, threads: int,
+    calibration: torch.Tensor | None = None,
+) -> nn.Module:
+    """The model as ``runtime`` runs it: itself for torch, an :class:`OrtModule` otherwise."""
+    if runtime == "torch":
+        return model.eval()
+    if runtime != "onnxruntime":
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    onnx_model = export_onnx(model, example_input)
+    int8 = int8_ready(model)
+    if int8:
+        inputs = calibration if calibration is not None else example_input
+        onnx_model = quantize_int8(onnx_model, model, inputs[:256])
+    return OrtModule(onnx_model, threads=threads, int8=int8)
