@@ -42,10 +42,17 @@ def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def short_names(names: Sequence[str]) -> list[str]:
+    """``prune.ratio`` -> ``ratio`` where the last part is unique, else the full name."""
+    last = [n.split(".", 1)[-1] if n.count(".") == 1 else n for n in names]
+    return [s if last.count(s) == 1 else n for s, n in zip(last, names, strict=True)]
+
+
 def format_front(front: ParetoFront, searched: Sequence[str]) -> str:
     """The front as a text table, with the teacher's figures and the ratios against them."""
     teacher = front.teacher
-    head = ["trial", "accuracy", "latency_ms", "memory", "smaller", "faster", *searched]
+    head = ["trial", "accuracy", "latency_ms", "memory", "smaller", "faster",
+            *short_names(searched)]
     rows = []
     if teacher:
         rows.append(["teacher", f"{100 * teacher['accuracy']:.2f}%",
