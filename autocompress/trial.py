@@ -20,7 +20,7 @@ from torch import nn
 
 from autocompress.config import FinetuneConfig, MeasureConfig
 from autocompress.errors import TrialError
-from autocompress.measure import measure_latency, stored_bytes
+from autocompress.measure import measure_latency, stored_bits, stored_bytes
 from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
 from autocompress.tasks import Task
@@ -92,7 +92,11 @@ def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tupl
             raise TrialError(f"measured {name} is {value}")
     int8 = bool(getattr(deployed, "int8", False))
     latency_info = {**latency.to_dict(), "runtime": settings.runtime + (" int8" if int8 else "")}
-    return metrics, {"latency": latency_info, "memory": "packed stored form, bytes"}
+    measurement = {"latency": latency_info, "memory": "packed stored form, bytes"}
+    if int8 and any(bits < 8 for bits in stored_bits(model).values()):
+        measurement["note"] = "weights below 8 bits run as int8 (no faster CPU kernel); " \
+                              "memory_bytes counts them packed at their own width"
+    return metrics, measurement
 
 
 def make_context(

@@ -55,3 +55,13 @@ def test_torch_runtime_is_the_model_itself_and_latency_is_timed_on_the_deployed_
     assert latency.median_ms > 0 and latency.batch_size == 8
     with pytest.raises(ValueError, match="unknown runtime"):
         deploy(mlp_teacher, "tvm", example_input=digits.train.x[:1], threads=1)
+
+
+def test_torch_runtime_runs_int8_linear_kernels_for_8_bit_models(mlp_teacher, digits):
+    model = compressed(mlp_teacher, digits, **{"quantize.bits": 8})
+    deployed = deploy(model, "torch", example_input=digits.train.x[:1], threads=1)
+    assert deployed.int8 and deployed is not model
+    assert type(deployed[1]).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    with torch.no_grad():
+        agree = (deployed(digits.val.x).argmax(1) == model(digits.val.x).argmax(1)).float().mean()
+    assert float(agree) >= 0.97

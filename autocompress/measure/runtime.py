@@ -1,6 +1,8 @@
 """Deployment runtimes: the model is timed (and scored) exactly as it would run.
 
-* ``torch``: eager PyTorch, the baked float model (quantized weights held as floats).
+* ``torch``: eager PyTorch. When every weight layer has 8 bits or fewer, its linear layers run
+  torch's dynamic int8 kernels (``torch.ao.quantization.quantize_dynamic``, deprecated in
+  torch 2.13 but working; convolutions stay float, eager torch has no simple int8 path for them).
 * ``onnxruntime`` (default): the model exported to ONNX and run by ONNX Runtime on the CPU. When
   every weight layer is quantized to 8 bits or fewer, the graph is quantized to int8 first: dynamic
   quantization (int8 weights, activations quantized on the fly) for models of linear layers,
@@ -53,6 +55,19 @@ def int8_ready(model: nn.Module) -> bool:
     """True when every weight layer is quantized to 8 bits or fewer."""
     layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     return bool(layers) and all(getattr(m, BITS_ATTRIBUTE, 32) <= 8 for m in layers)
+
+
+def torch_int8(model: nn.Module) -> nn.Module:
+    """A copy whose linear layers run torch's dynamic int8 kernels; marked ``int8``."""
+    import copy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+        quantized = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
+        )
+    quantized.int8 = True
+    return quantized
 
 
 class _Calibration:
@@ -114,7 +129,7 @@ def deploy(
 ) -> nn.Module:
     """The model as ``runtime`` runs it: itself for torch, an :class:`OrtModule` otherwise."""
     if runtime == "torch":
-        return model.eval()
+        return torch_int8(model) if int8_ready(model) else model.eval()
     if runtime != "onnxruntime":
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
     onnx_model = export_onnx(model, example_input)
