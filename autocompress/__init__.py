@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+from autocompress.budget import Budget
 from autocompress.config import StudyConfig, load_study
 from autocompress.errors import AutocompressError, ConfigError, TrialError
 from autocompress.pareto import ParetoFront, non_dominated, pareto_front
 from autocompress.plan import Plan
-from autocompress.space import SearchSpace
-from autocompress.study import StudyOutcome, run_study, search
+from autocompress.space import SearchSpace, shipped_spaces
+from autocompress.study import StudyOutcome, run_study, search, validate_study
 from autocompress.tasks import Task
 from autocompress.trial import TrialResult, run_trial
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutocompressError",
+    "Budget",
     "ConfigError",
     "ParetoFront",
     "Plan",
@@ -35,4 +37,6 @@ __all__ = [
     "run_study",
     "run_trial",
     "search",
+    "shipped_spaces",
+    "validate_study",
 ]

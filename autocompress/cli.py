@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 import autocompress
-from autocompress.report.tables import format_front
+from autocompress.report.tables import format_front, format_no_front
 
 DESCRIPTION = """\
 Find the best compressed versions of a PyTorch model: a joint search over pruning,
@@ -16,9 +16,19 @@ quantization and distillation, every trial fine-tuned and measured for real.
 
   autocompress search studies/quickstart.yaml           run (or resume) a study
   autocompress search studies/quickstart.yaml --trials 5 --seed 1
+  autocompress validate studies/quickstart.yaml         check it, before a long run
+  autocompress spaces                                   the shipped search spaces
 
 Outputs land in studies/<name>/: study.db (Optuna storage), teacher.pt/.json,
-trials.csv and pareto.csv. Run `autocompress search --help` for every option.
+trials.csv, pareto.csv and study.json. `autocompress COMMAND --help` tells more.
+"""
+
+VALIDATE_HELP = """\
+Check a study file without searching: print the resolved search space and its size,
+the budget as parsed (units such as 2ms or 100kB resolved), and the teacher and the
+most compressed model the space holds (untrained) measured against the budget, so an
+unreachable budget, or one the teacher already meets, shows before a long run.
+The teacher is trained (or loaded from its cache) as for a search.
 """
 
 SEARCH_HELP = """\
@@ -48,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--out", metavar="DIR",
                         help="output folder (default: studies/<name>/ under the current folder)")
     search.add_argument("--quiet", action="store_true", help="print only the final front")
+    validate = commands.add_parser(
+        "validate", help="check a study file and its budget before running it",
+        description=VALIDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    validate.add_argument("study", metavar="STUDY.yaml", help="the study file to check")
+    validate.add_argument("--out", metavar="DIR", help="folder of the teacher cache "
+                          "(default: studies/<name>/)")
+    commands.add_parser("spaces", help="list the shipped search spaces, one line each",
+                        description="List search_spaces/*.yaml with the first line of each.")
     return parser
 
 
@@ -61,20 +80,50 @@ def _search(args: argparse.Namespace) -> int:
     progress = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)
-    failed = sum(not r.ok for r in outcome.results)
-    print(f"\nPareto front of study {config.name!r}: {len(outcome.front)} of "
-          f"{len(outcome.results)} trials ({failed} failed), "
-          f"{time.perf_counter() - started:.0f} s this run. Validation accuracy; latency at "
-          f"batch {config.measure.batch_size}, {config.measure.threads} thread(s); "
-          "memory = packed stored form.")
-    print(format_front(outcome.front, list(outcome.space.searched)))
-    print(f"\nwritten to {outcome.out_dir}/: study.db, teacher.json, trials.csv, pareto.csv")
+    failed = sum(r.state == "failed" for r in outcome.results)
+    results = outcome.results
+    structure = sum(r.stopped_at == "structure" for r in results)
+    early = sum(r.state == "pruned" for r in results)
+    infeasible = sum(r.state == "complete" and not r.feasible for r in results)
+    print(f"\n{len(results)} trials ({infeasible} infeasible, {structure} of them stopped at "
+          f"structure without training; {early} stopped early; {failed} failed), "
+          f"{time.perf_counter() - started:.0f} s this run.")
+    if outcome.front.members:
+        print(f"Pareto front of study {config.name!r}: {len(outcome.front)} feasible members, "
+              f"hypervolume {outcome.front.hypervolume:.4f}. Validation accuracy; latency at "
+              f"batch {config.measure.batch_size}, {config.measure.threads} thread(s), "
+              f"{config.measure.runtime}; memory = packed stored form.")
+        print(format_front(outcome.front, list(outcome.space.searched)))
+    else:
+        print(format_no_front(results))
+    print(f"\nwritten to {outcome.out_dir}/: study.db, teacher.json, trials.csv, pareto.csv, "
+          "study.json")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = autocompress.load_study(args.study)
+    for line in autocompress.validate_study(config, out_dir=args.out,
+                                            progress=lambda line: print(line, flush=True)):
+        print(line)
+    return 0
+
+
+def _spaces() -> int:
+    from autocompress.config import PROJECT_ROOT
+
+    for name, summary in autocompress.shipped_spaces(PROJECT_ROOT / "search_spaces"):
+        print(f"{name:<20} {summary}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "spaces":
+            return _spaces()
         return _search(args)
     except autocompress.AutocompressError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)

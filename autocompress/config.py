@@ -23,14 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from autocompress.budget import Budget
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
 from autocompress.files import read_yaml
 from autocompress.tasks import DATASETS, TEACHERS
+from autocompress.units import parse_bytes, parse_ms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SAMPLERS = ("nsga2", "tpe", "random", "qmc")
-CHOICES = {"runtime": ("onnxruntime", "torch")}
-OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+SAMPLERS = ("nsga2", "tpe", "random", "qmc", "auto")
+PRUNERS = ("none", "median", "hyperband")
+CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda")}
+OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
+              "peak_memory_bytes": "min"}
+DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class MeasureConfig:
     warmup: int = 10
     repeats: int = 50
     runtime: str = "onnxruntime"
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ class StudyConfig:
     name: str
     task: TaskConfig = field(default_factory=TaskConfig)
     space: str = "search_spaces/default.yaml"
-    objectives: Mapping[str, str] = field(default_factory=lambda: dict(OBJECTIVES))
+    objectives: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
+    budget: Budget = field(default_factory=Budget)
+    pruner: str = "none"
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     trials: int = 20
@@ -141,9 +149,72 @@ def _objectives(where: str, data: object) -> dict[str, str]:
         if direction != OBJECTIVES[name]:
             raise ConfigError(where, f"objectives.{name}", direction, OBJECTIVES[name])
         result[name] = direction
-    if len(result) < 2:
-        raise ConfigError(where, "objectives", list(result), "at least two objectives")
+    if not 2 <= len(result) <= 3:
+        raise ConfigError(where, "objectives", list(result), "two or three objectives")
     return result
+
+
+def _budget(where: str, data: object) -> Budget:
+    """Parse ``budget:``; sizes and times may carry units (``100kB``, ``2ms``)."""
+    if data is None:
+        return Budget()
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "budget", data, "a mapping of limits")
+    allowed = list(Budget.__dataclass_fields__)
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"budget.{key}"
+        if key not in allowed:
+            raise unknown_key_error(where, name, [f"budget.{k}" for k in allowed])
+        try:
+            if key == "max_latency_ms":
+                values[key] = parse_ms(value)
+            elif key in ("max_memory_bytes", "max_peak_memory_bytes"):
+                values[key] = parse_bytes(value)
+            elif key in ("min_accuracy", "max_accuracy_drop"):
+                values[key] = float(_number(value))
+            elif key in ("batch_size", "threads"):
+                values[key] = _int(where, name, value, 1)
+            else:
+                values[key] = value
+        except ValueError as exc:
+            raise ConfigError(where, name, value, str(exc).removeprefix("expected ")) from None
+        bad_positive = key.startswith("max_") and values[key] <= 0
+        if bad_positive:
+            raise ConfigError(where, name, value, "a positive limit")
+    if "min_accuracy" in values and not 0 < values["min_accuracy"] <= 1:
+        raise ConfigError(where, "budget.min_accuracy", data["min_accuracy"],
+                          "a share in (0, 1], e.g. 0.95 for 95%")
+    if values.get("max_accuracy_drop", 0) < 0:
+        raise ConfigError(where, "budget.max_accuracy_drop", data["max_accuracy_drop"],
+                          "points >= 0 below the teacher, e.g. 1.0")
+    device = values.get("device", "cpu")
+    if device not in CHOICES["device"]:
+        raise ConfigError(where, "budget.device", device, "cpu or cuda")
+    return Budget(**values)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number")
+    return float(value)
+
+
+def _measure_under_budget(where: str, measure: MeasureConfig, budget: Budget) -> MeasureConfig:
+    """The budget's batch size, threads and device are the measurement's; they must agree."""
+    changes = {}
+    for key in ("batch_size", "threads", "device"):
+        wanted = getattr(budget, key)
+        if wanted is None or (key == "device" and wanted == "cpu"):
+            continue
+        current, default = getattr(measure, key), getattr(MeasureConfig(), key)
+        if current not in (default, wanted):
+            raise ConfigError(where, f"budget.{key}", wanted,
+                              f"the same value as measure.{key} ({current}), or one of the two")
+        changes[key] = wanted
+    if changes.get("device") == "cuda":
+        changes["runtime"] = "torch"  # onnxruntime here is the CPU build
+    return replace(measure, **changes)
 
 
 def _with_runtime(where: str, data: Mapping) -> object:
@@ -181,6 +252,13 @@ def study_from_dict(
     space = data.get("space", StudyConfig.space)
     if not isinstance(space, str):
         raise ConfigError(where, "space", space, "the path of a search space YAML file")
+    pruner = data.get("pruner", "none")
+    if pruner not in PRUNERS:
+        hint = did_you_mean(str(pruner), PRUNERS)
+        raise ConfigError(where, "pruner", pruner, f"one of {', '.join(PRUNERS)}{hint}")
+    budget = _budget(where, data.get("budget"))
+    measure = _section(where, "measure", _with_runtime(where, data), MeasureConfig)
+    measure = _measure_under_budget(where, measure, budget)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(where, "seed", seed, "an integer >= 0")
@@ -188,8 +266,10 @@ def study_from_dict(
         name=name,
         task=_task(where, data.get("task")),
         space=space,
-        objectives=_objectives(where, data.get("objectives", dict(OBJECTIVES))),
-        measure=_section(where, "measure", _with_runtime(where, data), MeasureConfig),
+        objectives=_objectives(where, data.get("objectives", dict(DEFAULT_OBJECTIVES))),
+        budget=budget,
+        pruner=pruner,
+        measure=measure,
         finetune=_section(where, "finetune", data.get("finetune"), FinetuneConfig),
         trials=_int(where, "trials", data.get("trials", 20), 1),
         sampler=sampler,

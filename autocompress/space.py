@@ -140,6 +140,16 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
     return Dimension(name, "fixed", values=(spec,))
 
 
+def shipped_spaces(folder: Path) -> list[tuple[str, str]]:
+    """(name, first comment line) of every ``*.yaml`` space in ``folder``."""
+    found = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        first = next((line.lstrip("# ").rstrip() for line in path.read_text().splitlines()
+                      if line.startswith("#")), "")
+        found.append((path.stem, first))
+    return found
+
+
 class SearchSpace:
     """The dimensions of one search; every technique parameter has one (fixed when not listed)."""
 

@@ -20,15 +20,31 @@ import torch
 from torch import nn
 
 from autocompress.backends import optuna_backend
+from autocompress.budget import Budget, feasible
 from autocompress.config import StudyConfig, resolve_space
 from autocompress.files import write_atomic
-from autocompress.pareto import ParetoFront, pareto_front
-from autocompress.report.tables import describe_metrics, results_dataframe, write_tables
+from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
+from autocompress.report.tables import (
+    describe_metrics,
+    describe_result,
+    results_dataframe,
+    write_tables,
+)
+from autocompress.report.validate import budget_verdict, most_compressed_plan, space_size
 from autocompress.space import SearchSpace
 from autocompress.tasks import TEACHERS, Task, load_dataset
 from autocompress.techniques import distill
 from autocompress.techniques.common import weight_layers
-from autocompress.trial import TeacherOutputs, TrialResult, measure_model, run_trial
+from autocompress.trial import (
+    TeacherOutputs,
+    TrialResult,
+    build_compressed,
+    final_form,
+    make_context,
+    measure_model,
+    measure_structure,
+    run_trial,
+)
 
 Progress = Callable[[str], None]
 TEACHER_SEED = 0  # one teacher per task, whatever the study's seed
@@ -89,7 +105,7 @@ def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Prog
         count[0] += 1
         choices = " ".join(f"{n.split('.')[-1]}={result.plan.get(n)!s:.5}" for n in searched)
         head = f"trial {count[0]}/{total} (#{result.number})"
-        body = describe_metrics(result.metrics) if result.ok else f"FAILED {result.reason}"
+        body = describe_result(result)
         progress(f"{head}  {body}  [{choices}]  {result.duration_s:.1f} s")
 
     return report
@@ -110,14 +126,13 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     if task is None:
         task = builtin_task(config, out, progress)
-    teacher_metrics, teacher_measurement = measure_model(task.teacher, task, config.measure)
-    card = out / "teacher.json"
-    saved: dict[str, Any] = json.loads(card.read_text()) if card.is_file() else {}
-    saved.update(teacher_metrics)
-    saved["measurement"] = teacher_measurement
-    write_atomic(card, json.dumps(saved, indent=2))
+    need_peak = needs_peak_memory(config)
+    teacher_metrics = measure_teacher(task, config, out, need_peak=need_peak)
     progress(f"teacher: {describe_metrics(teacher_metrics)}  "
-             f"(batch {config.measure.batch_size}, {config.measure.threads} thread(s))")
+             f"(batch {config.measure.batch_size}, {config.measure.threads} thread(s), "
+             f"{config.measure.runtime})")
+    for line in config.budget.describe(teacher_metrics["accuracy"]):
+        progress(f"budget: {line}")
 
     outputs = TeacherOutputs.of(task.teacher, task.train.x)
     space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
@@ -129,20 +144,98 @@ def run_study(
     before = len(study.trials)
     if before:
         progress(f"resuming study {config.name!r}: {before} trials stored, adding {config.trials}")
+    early = (optuna_backend.EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
+             if config.pruner != "none" else None)
 
-    def run(plan):
+    def run(plan, *, should_stop=None, on_epoch=None):
         return run_trial(plan, task, teacher_outputs=outputs, finetune=config.finetune,
-                         measure=config.measure)
+                         measure=config.measure, budget=config.budget,
+                         teacher_metrics=teacher_metrics, need_peak=need_peak,
+                         should_stop=should_stop, on_epoch=on_epoch)
 
+    stand_in = {**teacher_metrics, "accuracy": 0.0}
     optuna_backend.optimize(
         study, space, run, n_trials=config.trials, seed=config.seed,
-        objectives=config.objectives,
+        objectives=config.objectives, constraint_names=config.budget.constraint_names(),
+        stand_in=stand_in, early_stopping=early,
         on_result=_trial_line(config.trials, [0], space, progress),
     )
     results = optuna_backend.load_results(study)
-    front = pareto_front(results, config.objectives, teacher_metrics)
+    front = pareto_front(results, config.objectives, teacher_metrics, config.budget)
     write_tables(out, results, front)
+    history = hypervolume_history(results, config.objectives, teacher_metrics, config.budget)
+    write_atomic(out / "study.json", json.dumps({
+        "name": config.name, "budget": config.budget.to_dict(),
+        "objectives": dict(config.objectives), "sampler": config.sampler, "seed": config.seed,
+        "pruner": config.pruner, "runtime": config.measure.runtime,
+        "hypervolume": front.hypervolume, "hypervolume_reference": front.reference,
+        "hypervolume_history": history, "trials": len(results), "front": len(front),
+    }, indent=2))
     return StudyOutcome(config, out, teacher_metrics, results, front, space)
+
+
+def validate_study(
+    config: StudyConfig, *, out_dir: str | Path | None = None, progress: Progress = _quiet
+) -> list[str]:
+    """Lines for ``autocompress validate``: space, size, budget, and what the teacher and the
+    most compressed model of the space measure against the budget (nothing is trained but the
+    teacher, which is cached as for a search)."""
+    out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
+    space_path = resolve_space(config.space, study_source=config.source)
+    space = SearchSpace.from_yaml(space_path)
+    out.mkdir(parents=True, exist_ok=True)
+    task = builtin_task(config, out, progress)
+    space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
+    m = config.measure
+    lines = [f"study {config.name}: {config.task.dataset} / {config.task.teacher}, "
+             f"{config.trials} trials, sampler {config.sampler}, seed {config.seed}, "
+             f"pruner {config.pruner}",
+             "objectives: " + ", ".join(f"{k} ({v})" for k, v in config.objectives.items()),
+             f"measured at batch {m.batch_size}, {m.threads} thread(s), runtime {m.runtime}, "
+             f"device {m.device}",
+             f"space {space_path}: {space_size(space)}", space.describe()]
+    need_peak = needs_peak_memory(config)
+    teacher, _ = measure_model(task.teacher, task, m, need_peak=need_peak)
+    budget = config.budget
+    lines.append("budget: " + ("none" if budget.empty else
+                               "; ".join(budget.describe(teacher["accuracy"]))))
+    lines.append(budget_verdict("teacher", teacher,
+                                budget.constraints(teacher, teacher["accuracy"])))
+    plan = most_compressed_plan(space)
+    ctx = make_context(task, None, config.finetune, 0)
+    smallest, _ = measure_structure(final_form(build_compressed(plan, ctx), ctx), task, m,
+                                    Budget(), need_peak=need_peak)
+    constraints = {k: v for k, v in budget.constraints(smallest).items() if k != "accuracy"}
+    lines.append(budget_verdict("most compressed model of the space (untrained)", smallest,
+                                constraints))
+    if constraints and not feasible(constraints):
+        lines.append("=> even the most compressed model breaks the budget: it is unreachable "
+                     "with this space")
+    elif not budget.empty and feasible(budget.constraints(teacher, teacher["accuracy"])):
+        lines.append("=> the teacher already meets the budget: compression buys margin only")
+    floor = budget.accuracy_floor(teacher["accuracy"])
+    if floor is not None and floor > teacher["accuracy"]:
+        lines.append(f"=> the accuracy floor {100 * floor:.2f}% is above the teacher's "
+                     f"{100 * teacher['accuracy']:.2f}%: compression alone will not reach it")
+    return lines
+
+
+def needs_peak_memory(config: StudyConfig) -> bool:
+    """Peak memory costs a process start per trial: measured only when asked for."""
+    return (config.budget.max_peak_memory_bytes is not None
+            or "peak_memory_bytes" in config.objectives)
+
+
+def measure_teacher(task: Task, config: StudyConfig, out: Path, *, need_peak: bool = False
+                    ) -> dict[str, float]:
+    """The teacher's figures, measured as the trials are, saved in ``teacher.json``."""
+    metrics, measurement = measure_model(task.teacher, task, config.measure, need_peak=need_peak)
+    card = out / "teacher.json"
+    saved: dict[str, Any] = json.loads(card.read_text()) if card.is_file() else {}
+    saved.update(metrics)
+    saved["measurement"] = measurement
+    write_atomic(card, json.dumps(saved, indent=2))
+    return metrics
 
 
 def search(

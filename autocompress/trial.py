@@ -1,26 +1,37 @@
-"""One trial, for real: build the compressed model from a Plan, fine-tune it, measure it.
+"""One trial, for real, constraint first: structure, measure, then (only if it can fit) train.
 
-The steps follow ``../shared/DESIGN.md``: (1) build the compressed structure (student, pruning
-masks, quantization formats), (2) fine-tune with distillation, (3) bake masks and quantization into
-the weights, (4) measure accuracy, latency and stored size on the result. A problem inside a trial
-never escapes: it comes back as a failed :class:`TrialResult` with its reason.
+The steps follow ``../shared/DESIGN.md``:
+
+1. build the compressed structure (student, pruning masks, quantization formats);
+2. measure what does not depend on weight values, on the structure in its final form: the stored
+   size first (cheap), then latency (and peak memory when asked) in the study's runtime. Over the
+   budget? The trial stops here, infeasible, without training;
+3. fine-tune with distillation, reporting validation accuracy per epoch to an early-stopping rule;
+4. bake masks and quantization into the weights;
+5. measure accuracy (deployed) and the stored size again; check the accuracy limit.
+
+A problem inside a trial never escapes: it comes back as a failed :class:`TrialResult` with its
+reason.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from autocompress.budget import Budget, feasible, format_violations
 from autocompress.config import FinetuneConfig, MeasureConfig
 from autocompress.errors import TrialError
 from autocompress.measure import measure_latency, stored_bits, stored_bytes
+from autocompress.measure.peak import peak_inference_bytes
 from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
 from autocompress.tasks import Task
@@ -28,7 +39,8 @@ from autocompress.techniques import PIPELINE, distill
 from autocompress.techniques.common import Context, bake, count_parameters
 from autocompress.techniques.prune import sparsity
 
-COMPLETE, FAILED = "complete", "failed"
+COMPLETE, FAILED, PRUNED = "complete", "failed", "pruned"
+STRUCTURE = "structure"
 MAIN_COLUMNS = ("accuracy", "latency_ms", "memory_bytes")  # kept first, never renamed
 
 
@@ -43,10 +55,21 @@ class TrialResult:
     reason: str = ""
     duration_s: float = 0.0
     number: int | None = None
+    constraints: dict[str, float] = field(default_factory=dict)
+    stopped_at: str = ""  # "structure" (constraint-first stop), "epoch N" (early stop), or ""
 
     @property
     def ok(self) -> bool:
-        return self.state == COMPLETE
+        """Completed with every metric measured (not failed, not stopped early or at structure)."""
+        return self.state == COMPLETE and not self.stopped_at
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == COMPLETE and feasible(self.constraints)
+
+    @property
+    def violations(self) -> str:
+        return format_violations(self.constraints)
 
     def to_row(self) -> dict[str, Any]:
         """One flat row: ``trial``, ``state``, the metrics, then ``plan.<choice>`` columns."""
@@ -54,6 +77,9 @@ class TrialResult:
         for name in MAIN_COLUMNS:
             row[name] = self.metrics.get(name)
         row.update({k: v for k, v in self.metrics.items() if k not in MAIN_COLUMNS})
+        row["feasible"] = self.feasible
+        row["violations"] = self.violations
+        row["stopped_at"] = self.stopped_at
         row["duration_s"] = round(self.duration_s, 3)
         row["reason"] = self.reason
         row.update({f"plan.{k}": v for k, v in self.plan.choices.items()})
@@ -61,42 +87,66 @@ class TrialResult:
         return row
 
 
-def measure_model(model: nn.Module, task: Task, settings: MeasureConfig) -> tuple[dict, dict]:
-    """(metrics, measurement conditions) of a finished model: the teacher's or a trial's.
+def _deploy(model: nn.Module, task: Task, settings: MeasureConfig) -> nn.Module:
+    return deploy(model, settings.runtime, example_input=task.example_input,
+                  threads=settings.threads, calibration=task.train.x, device=settings.device)
 
-    Accuracy and latency are those of the model deployed in the study's runtime (int8 in ONNX
-    Runtime where every layer is quantized); the stored size is that of the packed weights.
+
+def measure_structure(
+    model: nn.Module, task: Task, settings: MeasureConfig, budget: Budget, *,
+    need_peak: bool = False,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Size, then latency and peak memory of ``model`` in its final form; stops at a broken limit.
+
+    The stored size is measured first; when it already breaks the budget, latency is not timed
+    (the metrics then lack ``latency_ms``), which keeps infeasible trials cheap.
     """
-    deployed = deploy(model, settings.runtime, example_input=task.example_input,
-                      threads=settings.threads, calibration=task.train.x)
-    latency = measure_latency(
-        deployed,
-        task.example_input,
-        batch_size=settings.batch_size,
-        threads=settings.threads,
-        warmup=settings.warmup,
-        repeats=settings.repeats,
-    )
-    metrics = {
-        "accuracy": float(task.metric(deployed, task.val)),
-        "latency_ms": latency.median_ms,
-        "latency_noise_ms": latency.noise_ms,
-        "memory_bytes": float(stored_bytes(model)),
-        "parameters": float(count_parameters(model)),
-        "sparsity": sparsity(model),
+    metrics = {"memory_bytes": float(stored_bytes(model)),
+               "parameters": float(count_parameters(model)), "sparsity": sparsity(model)}
+    if not feasible(budget.constraints(metrics)):
+        return metrics, {"latency": "not timed: the stored size already breaks the budget"}
+    deployed = _deploy(model, task, settings)
+    latency = measure_latency(deployed, task.example_input, batch_size=settings.batch_size,
+                              threads=settings.threads, warmup=settings.warmup,
+                              repeats=settings.repeats)
+    metrics["latency_ms"] = latency.median_ms
+    metrics["latency_noise_ms"] = latency.noise_ms
+    int8 = bool(getattr(deployed, "int8", False))
+    measurement: dict[str, Any] = {
+        "latency": {**latency.to_dict(), "runtime": settings.runtime + (" int8" if int8 else "")},
+        "memory": "packed stored form, bytes",
     }
+    if int8 and any(bits < 8 for bits in stored_bits(model).values()):
+        measurement["note"] = ("weights below 8 bits run as int8 (no faster CPU kernel); "
+                               "memory_bytes counts them packed at their own width")
+    if need_peak:
+        metrics["peak_memory_bytes"] = float(peak_inference_bytes(
+            deployed, task.example_input, batch_size=settings.batch_size,
+            threads=settings.threads))
+        measurement["peak_memory"] = "fresh process: VmHWM - VmRSS around load + one batch"
+    return metrics, measurement
+
+
+def measure_model(
+    model: nn.Module, task: Task, settings: MeasureConfig, *, need_peak: bool = False,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every metric of a finished model (the teacher's or a trial's), no budget applied."""
+    metrics, measurement = measure_structure(model, task, settings, Budget(),
+                                             need_peak=need_peak)
+    metrics.update(measure_accuracy(model, task, settings))
+    return metrics, measurement
+
+
+def measure_accuracy(model: nn.Module, task: Task, settings: MeasureConfig) -> dict[str, float]:
+    """Validation (and test) accuracy of the model as the runtime deploys it."""
+    deployed = _deploy(model, task, settings)
+    metrics = {"accuracy": float(task.metric(deployed, task.val))}
     if task.test is not None:
         metrics["test_accuracy"] = float(task.metric(deployed, task.test))
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise TrialError(f"measured {name} is {value}")
-    int8 = bool(getattr(deployed, "int8", False))
-    latency_info = {**latency.to_dict(), "runtime": settings.runtime + (" int8" if int8 else "")}
-    measurement = {"latency": latency_info, "memory": "packed stored form, bytes"}
-    if int8 and any(bits < 8 for bits in stored_bits(model).values()):
-        measurement["note"] = "weights below 8 bits run as int8 (no faster CPU kernel); " \
-                              "memory_bytes counts them packed at their own width"
-    return metrics, measurement
+    return metrics
 
 
 def make_context(
@@ -141,6 +191,26 @@ def build_compressed(plan: Plan, ctx: Context) -> nn.Module:
     return model
 
 
+def final_form(model: nn.Module, ctx: Context) -> nn.Module:
+    """A baked copy of the untrained compressed model as training will leave it.
+
+    Pruning schedules jump to their last epoch and post-training quantization is applied, so the
+    structure, sparsity and formats measured here are those of the finished model.
+    """
+    probe = copy.deepcopy(model)
+    for hook in ctx.before_epoch:
+        hook(max(0, ctx.epochs - 1), probe)
+    for hook in ctx.after_training:
+        hook(probe)
+    return bake(probe)
+
+
+class _StopEarly(Exception):
+    def __init__(self, epoch: int, accuracy: float) -> None:
+        super().__init__(epoch)
+        self.epoch, self.accuracy = epoch, accuracy
+
+
 def run_trial(
     plan: Plan,
     task: Task,
@@ -148,25 +218,65 @@ def run_trial(
     teacher_outputs: TeacherOutputs | None,
     finetune: FinetuneConfig,
     measure: MeasureConfig,
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    budget: Budget | None = None,
+    teacher_metrics: Mapping[str, float] | None = None,
+    need_peak: bool = False,
+    should_stop: Callable[[int, float], bool] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    train: Callable[[nn.Module, Plan, Context], nn.Module] = distill.apply,
 ) -> TrialResult:
-    """Build, fine-tune, bake and measure the model of ``plan``; never raises for trial faults."""
+    """Build, check against the budget, fine-tune, bake and measure the model of ``plan``.
+
+    ``should_stop(epoch, val_accuracy)`` may end training early (state ``pruned``);
+    ``on_epoch(epoch, val_accuracy)`` sees every epoch. ``train`` is the fine-tuning step.
+    Never raises for trial faults: they come back as a failed result with the reason.
+    """
+    budget = budget or Budget()
+    teacher_accuracy = (teacher_metrics or {}).get("accuracy")
     started = time.perf_counter()
+
+    def result(state: str, metrics: dict, measurement: dict, *, stopped_at: str = "",
+               reason: str = "") -> TrialResult:
+        return TrialResult(plan, state, metrics, measurement, reason=reason,
+                           duration_s=time.perf_counter() - started,
+                           constraints=budget.constraints(metrics, teacher_accuracy),
+                           stopped_at=stopped_at)
+
     torch.manual_seed(plan.seed)
     try:
         ctx = make_context(task, teacher_outputs, finetune, plan.seed)
-        ctx.on_epoch = on_epoch
         model = build_compressed(plan, ctx)
-        model = distill.apply(model, plan, ctx)
-        model = bake(model)
-        metrics, measurement = measure_model(model, task, measure)
+        metrics, measurement = measure_structure(final_form(model, ctx), task, measure, budget,
+                                                 need_peak=need_peak)
         metrics.update(ctx.notes)
+        if not feasible(budget.constraints(metrics)):
+            return result(COMPLETE, metrics, measurement, stopped_at=STRUCTURE)
+        if should_stop is not None or on_epoch is not None:
+            ctx.on_epoch = _epoch_reporter(task, should_stop, on_epoch)
+        try:
+            model = train(model, plan, ctx)
+        except _StopEarly as stop:
+            metrics["accuracy"] = stop.accuracy
+            return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
+        model = bake(model)
+        metrics["memory_bytes"] = float(stored_bytes(model))  # re-measured on trained weights
+        metrics["sparsity"] = sparsity(model)
+        metrics.update(measure_accuracy(model, task, measure))
     except (TrialError, RuntimeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         if last and not isinstance(exc, TrialError):
             reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
-        return TrialResult(plan, FAILED, reason=reason,
-                           duration_s=time.perf_counter() - started)
-    return TrialResult(plan, COMPLETE, metrics, measurement,
-                       duration_s=time.perf_counter() - started)
+        return TrialResult(plan, FAILED, reason=reason, duration_s=time.perf_counter() - started)
+    return result(COMPLETE, metrics, measurement)
+
+
+def _epoch_reporter(task: Task, should_stop, on_epoch):
+    def report(epoch: int, model: nn.Module) -> None:
+        accuracy = float(task.metric(model, task.val))
+        if on_epoch is not None:
+            on_epoch(epoch, accuracy)
+        if should_stop is not None and should_stop(epoch, accuracy):
+            raise _StopEarly(epoch, accuracy)
+
+    return report

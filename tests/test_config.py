@@ -27,7 +27,7 @@ def test_quickstart_study_names_everything_the_issue_asks_for():
         ({"task": {"teacher": "resnet"}}, "task.teacher: got 'resnet'"),
         ({"task": {"datset": "digits"}}, "task.datset.*did you mean 'task.dataset'"),
         ({"objectives": {"accuracy": "min", "latency_ms": "min"}}, "objectives.accuracy"),
-        ({"objectives": {"accuracy": "max"}}, "at least two objectives"),
+        ({"objectives": {"accuracy": "max"}}, "two or three objectives"),
         ({"measure": {"threads": -1}}, "measure.threads: got -1"),
         ({"finetune": {"lr": 0}}, "finetune.lr: got 0"),
         ({"name": "a/b"}, "name: got 'a/b'"),

@@ -39,7 +39,7 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 50,
     max_seconds: float = 5.0,
-    min_warmup_seconds: float = 0.2,
+    min_warmup_seconds: float = 0.05,
 ) -> Latency:
     """Time ``model`` on a batch of ``batch_size`` copies of ``example_input[:1]``.
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import tempfile
 import warnings
@@ -59,8 +60,6 @@ def int8_ready(model: nn.Module) -> bool:
 
 def torch_int8(model: nn.Module) -> nn.Module:
     """A copy whose linear layers run torch's dynamic int8 kernels; marked ``int8``."""
-    import copy
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice
         quantized = torch.ao.quantization.quantize_dynamic(
@@ -116,18 +115,35 @@ class OrtModule(nn.Module):
         self.session = ort.InferenceSession(onnx_model, options,
                                             providers=["CPUExecutionProvider"])
         self.int8 = int8
-        self.onnx_bytes = len(onnx_model)
+        self.onnx_model = onnx_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"input": array})[0])
 
 
+class OnDevice(nn.Module):
+    """Runs ``inner`` on a GPU; inputs and outputs cross to and from the host in each call, so
+    timings include the transfers a served model pays."""
+
+    def __init__(self, inner: nn.Module, device: str) -> None:
+        super().__init__()
+        self.inner, self.device = inner.to(device).eval(), device
+        self.int8 = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.device)).cpu()
+
+
 def deploy(
     model: nn.Module, runtime: str, *, example_input: torch.Tensor, threads: int,
-    calibration: torch.Tensor | None = None,
+    calibration: torch.Tensor | None = None, device: str = "cpu",
 ) -> nn.Module:
     """The model as ``runtime`` runs it: itself for torch, an :class:`OrtModule` otherwise."""
+    if device != "cpu":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        return OnDevice(copy.deepcopy(model), device)
     if runtime == "torch":
         return torch_int8(model) if int8_ready(model) else model.eval()
     if runtime != "onnxruntime":

@@ -31,15 +31,49 @@ def write_tables(out_dir: Path, results: Sequence[Any], front: ParetoFront) -> N
 
 
 def describe_metrics(metrics: Mapping[str, float]) -> str:
-    """``acc 97.1%  0.061 ms  31.2 kB``: the three headline figures in a person's units."""
-    return (
-        f"acc {100 * metrics['accuracy']:.1f}%  {metrics['latency_ms']:.3f} ms  "
-        f"{format_bytes(metrics['memory_bytes'])}"
-    )
+    """``acc 97.1%  0.061 ms  31.2 kB``: the headline figures in a person's units ('-': not
+    measured)."""
+    acc = f"{100 * metrics['accuracy']:.1f}%" if "accuracy" in metrics else "-"
+    lat = f"{metrics['latency_ms']:.3f} ms" if "latency_ms" in metrics else "- ms"
+    mem = format_bytes(metrics["memory_bytes"]) if "memory_bytes" in metrics else "-"
+    text = f"acc {acc}  {lat}  {mem}"
+    if "peak_memory_bytes" in metrics:
+        text += f"  peak {format_bytes(metrics['peak_memory_bytes'])}"
+    return text
+
+
+def describe_result(result: Any) -> str:
+    """One trial in a line: its figures, or why it stopped or failed."""
+    if result.state == "failed":
+        return f"FAILED {result.reason}"
+    text = describe_metrics(result.metrics)
+    if result.stopped_at == "structure":
+        return f"{text}  over budget at structure ({result.violations}), not trained"
+    if result.stopped_at:
+        return f"{text}  stopped early at {result.stopped_at}"
+    if not result.feasible:
+        return f"{text}  infeasible ({result.violations})"
+    return text
 
 
 def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_no_front(results: Sequence[Any], closest: int = 5) -> str:
+    """Instead of an empty table: say no trial met the budget, and show the nearest misses."""
+    missed = [r for r in results if r.state == "complete" and not r.feasible]
+    if not missed:
+        return "No trial completed, so there is no front (see trials.csv for the reasons)."
+    missed.sort(key=lambda r: sum(v for v in r.constraints.values() if v > 0)
+                / max(1, len(r.constraints)))
+    lines = [f"No trial met the budget: {len(missed)} completed trials were all infeasible. "
+             f"The {min(closest, len(missed))} closest, and the limits each broke:"]
+    for r in missed[:closest]:
+        stage = " (stopped at structure)" if r.stopped_at == "structure" else ""
+        lines.append(f"  trial {r.number}: {describe_metrics(r.metrics)}  broke "
+                     f"{r.violations}{stage}")
+    return "\n".join(lines)
 
 
 def short_names(names: Sequence[str]) -> list[str]:

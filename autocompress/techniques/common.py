@@ -48,11 +48,20 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Fold every parametrization (masks, fake quantization) into plain weights, in place."""
-    for module in model.modules():
+    """Fold every parametrization (masks, fake quantization) into plain weights, in place.
+
+    Not ``parametrize.remove_parametrizations``: it deletes the weight property from the
+    dynamically made ``Parametrized<Layer>`` class, which a deep copy shares with its original,
+    so baking a copy would break the original. Here each module just goes back to its own class.
+    """
+    for module in list(model.modules()):
         if parametrize.is_parametrized(module):
-            for tensor_name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+            values = {name: getattr(module, name).detach().clone()
+                      for name in module.parametrizations}
+            module.__class__ = module.__class__.__bases__[0]  # the class before parametrizing
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                setattr(module, name, nn.Parameter(value))
     return model
 
 

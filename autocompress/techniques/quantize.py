@@ -111,7 +111,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     symmetric = plan.get("quantize.scheme", "symmetric") == "symmetric"
     post_training = plan.get("quantize.mode", "qat") == "ptq"
     layers = weight_layers(model)
-    quantized = []
+    quantized = False
     for i, (name, module) in enumerate(layers):
         bits = layer_bits(plan, name, i == len(layers) - 1)
         if bits >= 32:
@@ -121,16 +121,19 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         )
         setattr(module, BITS_ATTRIBUTE, bits)
         setattr(module, SCHEME_ATTRIBUTE, "symmetric" if symmetric else "asymmetric")
-        quantized.append(module)
+        quantized = True
     if post_training and quantized:
-        def quantize_now(_: nn.Module) -> None:
-            for module in quantized:
-                quantizer = _quantizer(module)
-                quantizer.calibrate(module.weight)  # the float weight, masks applied
-                quantizer.enabled = True
-
-        ctx.after_training.append(quantize_now)
+        ctx.after_training.append(quantize_after_training)
     return model
+
+
+def quantize_after_training(model: nn.Module) -> None:
+    """PTQ: calibrate each layer's clipping on its trained float weight, then quantize it."""
+    for _, module in weight_layers(model):
+        quantizer = _quantizer(module)
+        if quantizer is not None and not quantizer.enabled:
+            quantizer.calibrate(module.weight)  # the float weight, masks applied
+            quantizer.enabled = True
 
 
 def levels_per_channel(weight: torch.Tensor) -> int:
