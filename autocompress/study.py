@@ -22,6 +22,7 @@ from torch import nn
 from autocompress.backends import optuna_backend
 from autocompress.budget import Budget, feasible
 from autocompress.config import StudyConfig, resolve_space
+from autocompress.errors import ConfigError
 from autocompress.files import write_atomic
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
 from autocompress.report.tables import (
@@ -123,6 +124,9 @@ def run_study(
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
         space = SearchSpace.from_yaml(resolve_space(config.space, study_source=config.source))
+    if config.measure.device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(config.source, "budget.device", config.measure.device,
+                          "cpu: torch sees no CUDA device on this machine")
     out.mkdir(parents=True, exist_ok=True)
     if task is None:
         task = builtin_task(config, out, progress)

@@ -8,6 +8,7 @@ read back into :class:`TrialResult`\\ s from storage alone.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import optuna
@@ -45,7 +46,9 @@ def make_sampler(name: str, *, seed: int, n_trials: int) -> optuna.samplers.Base
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed)
     if name == "auto":
         try:
             import optunahub
