@@ -68,8 +68,8 @@ def _ranked_masks(scores: list[torch.Tensor], counts: list[int] | int) -> list[t
         return [_ranked_masks([s], c)[0] for s, c in zip(scores, counts, strict=True)]
     flat = torch.cat([s.reshape(-1) for s in scores]) if scores else torch.zeros(0)
     keep = torch.ones_like(flat)
-    if counts:
-        keep[torch.argsort(flat, stable=True)[:counts]] = 0.0
+    if counts:  # exactly `counts` lowest scores (topk is several times faster than a sort)
+        keep[torch.topk(flat, counts, largest=False, sorted=False).indices] = 0.0
     masks, start = [], 0
     for s in scores:
         masks.append(keep[start : start + s.numel()].reshape(s.shape))
@@ -172,17 +172,19 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
             return None
         return accumulate_gradients(model, ctx.train_x, ctx.train_y, seed=plan.seed)
 
+    initial = gradients()
     if plan.get("prune.kind", "unstructured") == "structured":
-        ctx.notes.update(remove_units(model, plan, ctx.example_input, gradients()))
+        ctx.notes.update(remove_units(model, plan, ctx.example_input, initial))
         return model
     schedule = str(plan.get("prune.schedule", "oneshot"))
-    attach_masks(model, weight_masks(model, plan, grads=gradients(),
+    attach_masks(model, weight_masks(model, plan, grads=initial,
                                      fraction=schedule_fraction(schedule, 0, ctx.epochs)))
     if schedule != "oneshot":
         def tighten(epoch: int, current: nn.Module) -> None:
+            # a copy (the structure probe) is untrained: the first gradients still hold for it
+            grads = gradients() if current is model and epoch > 0 else initial
             fraction = schedule_fraction(schedule, epoch, ctx.epochs)
-            attach_masks(current, weight_masks(current, plan, grads=gradients(),
-                                               fraction=fraction))
+            attach_masks(current, weight_masks(current, plan, grads=grads, fraction=fraction))
 
         ctx.before_epoch.append(tighten)
     return model

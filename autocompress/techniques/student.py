@@ -72,14 +72,18 @@ def _slice_layer(layer: nn.Module, keep_in: torch.Tensor | None, keep_out: torch
         bias = bias[keep_out] if bias is not None else None
     if keep_in is not None:
         weight = weight[:, keep_in]
-    new = copy.deepcopy(layer)
-    new.weight = nn.Parameter(weight.clone())
-    if bias is not None:
-        new.bias = nn.Parameter(bias.clone())
-    if isinstance(new, nn.Linear):
-        new.out_features, new.in_features = weight.shape
-    else:
-        new.out_channels, new.in_channels = weight.shape[:2]
+    if isinstance(layer, nn.Linear):
+        new = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
+                                       bias=bias is not None)
+    else:  # a conv: same geometry, new channel counts (skip_init: no wasted initialisation)
+        new = torch.nn.utils.skip_init(
+            type(layer), weight.shape[1], weight.shape[0], layer.kernel_size,
+            stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+            bias=bias is not None, padding_mode=layer.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
     return new
 
 
@@ -108,10 +112,12 @@ def droppable(model: nn.Sequential) -> list[int]:
 
 
 def drop_layers(model: nn.Sequential, count: int) -> nn.Sequential:
-    """A copy without ``count`` hidden linear layers (nearest the output first), bridged."""
-    student = copy.deepcopy(model)
+    """A copy without ``count`` hidden linear layers (nearest the output first), bridged.
+
+    With ``count`` 0 the model itself is returned: :func:`narrow` makes the copy."""
     if count <= 0:
-        return student
+        return model
+    student = copy.deepcopy(model)
     candidates = droppable(student)
     if count > len(candidates):
         raise TrialError(
