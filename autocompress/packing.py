@@ -139,10 +139,8 @@ def _codes(array: np.ndarray, bits: int, asymmetric: bool):
     return codes, zero_codes, header
 
 
-def _encode_float_tensor(
-    array: np.ndarray, bits: int, asymmetric: bool = False
-) -> tuple[bytes, bytes, bytes, _Layout]:
-    """(scales, index payload, values payload, layout) for one float tensor."""
+def _analyse(array: np.ndarray, bits: int, asymmetric: bool):
+    """(values to store, zero code per element, scales bytes, non-zero mask, layout)."""
     if bits in FLOAT_BITS:
         stored = array.reshape(-1)
         zero_codes = np.zeros(stored.size)
@@ -151,7 +149,22 @@ def _encode_float_tensor(
     else:
         stored, zero_codes, scales = _codes(array, bits, asymmetric)
         nonzero = stored != zero_codes  # the non-zero pattern after quantization
-    layout = _choose_layout(nonzero, bits)
+    return stored, zero_codes, scales, nonzero, _choose_layout(nonzero, bits)
+
+
+def _payload_sizes(layout: _Layout, numel: int, bits: int) -> tuple[int, int]:
+    """Byte lengths of (index, values) for a layout, exactly as the encoder writes them."""
+    index = {DENSE: 0, BITMAP: -(-numel // 8),
+             RELATIVE: -(-layout.entries * layout.gap_bits // 8)}[layout.kind]
+    values = layout.entries * bits // 8 if bits in FLOAT_BITS else -(-layout.entries * bits // 8)
+    return index, values
+
+
+def _encode_float_tensor(
+    array: np.ndarray, bits: int, asymmetric: bool = False
+) -> tuple[bytes, bytes, bytes, _Layout]:
+    """(scales, index payload, values payload, layout) for one float tensor."""
+    stored, zero_codes, scales, nonzero, layout = _analyse(array, bits, asymmetric)
     if layout.kind == DENSE:
         index, values = b"", stored
     elif layout.kind == BITMAP:
@@ -212,6 +225,38 @@ def _pack_header(
     return head + struct.pack("<BBBBI", bits, flags, layout.kind, layout.gap_bits, layout.entries)
 
 
+def _width(name: str, tensor: torch.Tensor, bits: Mapping[str, int]) -> int:
+    width = int(bits.get(name, 32))
+    if width not in FLOAT_BITS and width not in INT_BITS:
+        raise ValueError(f"{name}: bit width {width} not in 2..8, 16 or 32")
+    return width
+
+
+def packed_size(
+    state_dict: Mapping[str, torch.Tensor],
+    bits: Mapping[str, int] | None = None,
+    asymmetric: Collection[str] = (),
+) -> int:
+    """``len(pack_state_dict(...))``, worked out without writing the payloads (several times
+    faster: the structure stage of every trial sizes its model this way)."""
+    bits = dict(bits or {})
+    total = len(MAGIC) + struct.calcsize("<BI")
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        dtype = str(tensor.dtype).replace("torch.", "")
+        total += (struct.calcsize("<H") + len(name.encode()) + 1 + len(dtype.encode()) + 1
+                  + 4 * tensor.dim() + struct.calcsize("<BBBBI") + 3 * 4)
+        if not tensor.is_floating_point():
+            total += tensor.numel() * tensor.element_size()
+            continue
+        width = _width(name, tensor, bits)
+        _, _, scales, _, layout = _analyse(tensor.to(torch.float64).numpy(), width,
+                                           name in asymmetric and width in INT_BITS)
+        index, values = _payload_sizes(layout, tensor.numel(), width)
+        total += len(scales) + index + values
+    return total
+
+
 def pack_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     bits: Mapping[str, int] | None = None,
@@ -240,9 +285,7 @@ def pack_state_dict(
         shape = tuple(tensor.shape)
         dtype = str(tensor.dtype).replace("torch.", "")
         if tensor.is_floating_point():
-            width = int(bits.get(name, 32))
-            if width not in FLOAT_BITS and width not in INT_BITS:
-                raise ValueError(f"{name}: bit width {width} not in 2..8, 16 or 32")
+            width = _width(name, tensor, bits)
             flags = int(name in asymmetric and width in INT_BITS)
             scales, index, payload, layout = _encode_float_tensor(
                 tensor.to(torch.float64).numpy(), width, bool(flags)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from autocompress.budget import Budget, feasible, format_violations
 from autocompress.config import FinetuneConfig, MeasureConfig
@@ -98,13 +99,16 @@ def measure_structure(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Size, then latency and peak memory of ``model`` in its final form; stops at a broken limit.
 
-    The stored size is measured first; when it already breaks the budget, latency is not timed
-    (the metrics then lack ``latency_ms``), which keeps infeasible trials cheap.
+    The stored size is measured first (on a parametrized model as if baked, without copying
+    it); when it already breaks the budget, latency is not timed (the metrics then lack
+    ``latency_ms``), which keeps infeasible trials cheap.
     """
     metrics = {"memory_bytes": float(stored_bytes(model)),
                "parameters": float(count_parameters(model)), "sparsity": sparsity(model)}
     if not feasible(budget.constraints(metrics)):
         return metrics, {"latency": "not timed: the stored size already breaks the budget"}
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        model = bake(copy.deepcopy(model))
     deployed = _deploy(model, task, settings)
     latency = measure_latency(deployed, task.example_input, batch_size=settings.batch_size,
                               threads=settings.threads, warmup=settings.warmup,
@@ -197,6 +201,8 @@ def final_form(model: nn.Module, ctx: Context) -> nn.Module:
     Pruning schedules jump to their last epoch and post-training quantization is applied, so the
     structure, sparsity and formats measured here are those of the finished model.
     """
+    if not ctx.before_epoch and not ctx.after_training:
+        return model  # training changes only weight values: measured as it stands
     probe = copy.deepcopy(model)
     for hook in ctx.before_epoch:
         hook(max(0, ctx.epochs - 1), probe)

@@ -71,3 +71,17 @@ def test_rejects_foreign_bytes_and_bad_widths():
         unpack_state_dict(b"nope")
     with pytest.raises(ValueError, match="bit width"):
         pack_state_dict({"w": torch.ones(2, 2)}, {"w": 12})
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8, 16, 32])
+@pytest.mark.parametrize("density", [1.0, 0.4, 0.05, 0.0])
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_packed_size_is_exactly_the_packed_length(bits, density, asymmetric):
+    from autocompress.packing import packed_size
+
+    gen = torch.Generator().manual_seed(bits)
+    weight = torch.randn(17, 33, generator=gen)
+    weight[torch.rand(weight.shape, generator=gen) > density] = 0.0
+    state = {"layer.weight": weight, "layer.bias": torch.randn(17), "n": torch.tensor([1, 2])}
+    args = ({"layer.weight": bits}, ["layer.weight"] if asymmetric else [])
+    assert packed_size(state, *args) == len(pack_state_dict(state, *args))

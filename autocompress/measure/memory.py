@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, pack_state_dict
+from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, packed_size
 
 
 def stored_bits(model: nn.Module) -> dict[str, int]:
@@ -22,6 +24,27 @@ def asymmetric_weights(model: nn.Module) -> list[str]:
             if getattr(module, SCHEME_ATTRIBUTE, "symmetric") == "asymmetric"]
 
 
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict the model would have with its parametrizations (masks, fake quantization)
+    folded in, computed without copying or changing the model."""
+    state: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if "parametrizations" in name.split("."):
+            continue  # a parametrization's own internals
+        prefix = f"{name}." if name else ""
+        for key, value in [*module.named_parameters(recurse=False),
+                           *module.named_buffers(recurse=False)]:
+            state[prefix + key] = value.detach()
+        if parametrize.is_parametrized(module):
+            with torch.no_grad():
+                for key in module.parametrizations:
+                    state[prefix + key] = getattr(module, key).detach()
+    return state
+
+
 def stored_bytes(model: nn.Module) -> int:
-    """Bytes of the model's stored form: sparse where cheaper, weights at their bit width."""
-    return len(pack_state_dict(model.state_dict(), stored_bits(model), asymmetric_weights(model)))
+    """Bytes of the model's stored form: sparse where cheaper, weights at their bit width.
+
+    A model with parametrizations is measured as if they were baked in."""
+    return packed_size(effective_state_dict(model), stored_bits(model),
+                       asymmetric_weights(model))

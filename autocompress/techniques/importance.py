@@ -68,7 +68,7 @@ def _leaf_weight(module: nn.Module) -> torch.Tensor:
 
 
 def accumulate_gradients(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batches: int = 8, batch_size: int = 128,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batches: int = 4, batch_size: int = 128,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Sum over ``batches`` calibration batches of abs(dL/dw) for every weight layer, by name.

@@ -68,8 +68,12 @@ def _ranked_masks(scores: list[torch.Tensor], counts: list[int] | int) -> list[t
         return [_ranked_masks([s], c)[0] for s, c in zip(scores, counts, strict=True)]
     flat = torch.cat([s.reshape(-1) for s in scores]) if scores else torch.zeros(0)
     keep = torch.ones_like(flat)
-    if counts:  # exactly `counts` lowest scores (topk is several times faster than a sort)
-        keep[torch.topk(flat, counts, largest=False, sorted=False).indices] = 0.0
+    if counts:  # exactly `counts` lowest scores: below the counts-th value, then ties by position
+        threshold = torch.kthvalue(flat, counts).values
+        below = flat < threshold
+        keep[below] = 0.0
+        ties = torch.nonzero(flat == threshold).flatten()[: counts - int(below.sum())]
+        keep[ties] = 0.0
     masks, start = [], 0
     for s in scores:
         masks.append(keep[start : start + s.numel()].reshape(s.shape))
