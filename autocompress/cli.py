@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--out", metavar="DIR",
                         help="output folder (default: studies/<name>/ under the current folder)")
     search.add_argument("--quiet", action="store_true", help="print only the final front")
+    search.add_argument("--backend", choices=("optuna", "ray"),
+                        help="run trials in this process (optuna, the default) or on Ray Tune")
+    search.add_argument("--address", metavar="ADDR",
+                        help="Ray cluster to join: auto, host:6379 or ray://host:10001 "
+                             "(default: start a local Ray); implies --backend ray")
+    search.add_argument("--max-concurrent", type=int, metavar="N",
+                        help="Ray: trials running at once (default: the file's ray section, 2)")
+    search.add_argument("--scheduler", choices=("asha", "fifo"),
+                        help="Ray: asha stops weak trials between epochs (default), fifo never")
     validate = commands.add_parser(
         "validate", help="check a study file and its budget before running it",
         description=VALIDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,7 +85,13 @@ def _search(args: argparse.Namespace) -> int:
         if value is not None and value < (1 if flag == "trials" else 0):
             raise autocompress.ConfigError("command line", f"--{flag}", value,
                                            "an integer >= 1" if flag == "trials" else ">= 0")
-    config = autocompress.load_study(args.study).with_overrides(trials=args.trials, seed=args.seed)
+    backend = "ray" if args.address else args.backend
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise autocompress.ConfigError("command line", "--max-concurrent", args.max_concurrent,
+                                       "an integer >= 1")
+    config = autocompress.load_study(args.study).with_overrides(
+        trials=args.trials, seed=args.seed, backend=backend, ray_address=args.address,
+        ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
     progress = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)

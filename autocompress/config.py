@@ -32,7 +32,9 @@ from autocompress.units import parse_bytes, parse_ms
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("nsga2", "tpe", "random", "qmc", "auto")
 PRUNERS = ("none", "median", "hyperband")
-CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda")}
+CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda"),
+           "scheduler": ("asha", "fifo")}
+BACKENDS = ("optuna", "ray")
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
               "peak_memory_bytes": "min"}
 DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
@@ -65,6 +67,18 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """How the study runs on Ray Tune (``backend: ray``)."""
+
+    address: str = ""            # "" starts a local Ray; "auto", "host:6379", "ray://host:10001"
+    max_concurrent: int = 2
+    cpus_per_trial: int = 1      # also the latency measurement's threads inside the worker
+    gpus_per_trial: int = 0
+    max_failures: int = 2        # retries of a trial whose worker died
+    scheduler: str = "asha"      # asha (stop weak trials between epochs) or fifo
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A parsed, checked study file. ``space`` is a path, resolved by :func:`resolve_space`."""
 
@@ -74,6 +88,8 @@ class StudyConfig:
     objectives: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     budget: Budget = field(default_factory=Budget)
     pruner: str = "none"
+    backend: str = "optuna"
+    ray: RayConfig = field(default_factory=RayConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     trials: int = 20
@@ -82,8 +98,14 @@ class StudyConfig:
     source: str = "<dict>"
 
     def with_overrides(self, **changes: object) -> StudyConfig:
-        """A copy with the given top-level fields replaced (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given top-level fields replaced (``None`` values are ignored);
+        ``ray_<field>`` replaces a field of the ``ray`` section."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        ray_changes = {k[4:]: v for k, v in given.items() if k.startswith("ray_")}
+        top = {k: v for k, v in given.items() if not k.startswith("ray_")}
+        if ray_changes:
+            top["ray"] = replace(self.ray, **ray_changes)
+        return replace(self, **top)
 
 
 def _int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
@@ -115,9 +137,11 @@ def _section(where: str, name: str, data: object, cls: type) -> object:
         default = getattr(defaults, key)
         full = f"{name}.{key}"
         if isinstance(default, int):
-            values[key] = _int(where, full, value, 1)
+            values[key] = _int(where, full, value, 0 if key == "gpus_per_trial" else 1)
         elif isinstance(default, float):
             values[key] = _positive_float(where, full, value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(where, full, value, "a string")
         elif key in CHOICES:
             if value not in CHOICES[key]:
                 hint = did_you_mean(str(value), CHOICES[key])
@@ -257,6 +281,10 @@ def study_from_dict(
         hint = did_you_mean(str(pruner), PRUNERS)
         raise ConfigError(where, "pruner", pruner, f"one of {', '.join(PRUNERS)}{hint}")
     budget = _budget(where, data.get("budget"))
+    backend = data.get("backend", "optuna")
+    if backend not in BACKENDS:
+        raise ConfigError(where, "backend", backend, "optuna or ray")
+    ray_config = _section(where, "ray", data.get("ray"), RayConfig)
     measure = _section(where, "measure", _with_runtime(where, data), MeasureConfig)
     measure = _measure_under_budget(where, measure, budget)
     seed = data.get("seed", 0)
@@ -269,6 +297,8 @@ def study_from_dict(
         objectives=_objectives(where, data.get("objectives", dict(DEFAULT_OBJECTIVES))),
         budget=budget,
         pruner=pruner,
+        backend=backend,
+        ray=ray_config,
         measure=measure,
         finetune=_section(where, "finetune", data.get("finetune"), FinetuneConfig),
         trials=_int(where, "trials", data.get("trials", 20), 1),

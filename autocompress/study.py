@@ -119,8 +119,13 @@ def run_study(
     space: SearchSpace | None = None,
     out_dir: str | Path | None = None,
     progress: Progress = _quiet,
+    ray_settings: Mapping[str, Any] | None = None,
 ) -> StudyOutcome:
-    """Run ``config.trials`` more trials of the study and return its front over all trials."""
+    """Run ``config.trials`` more trials of the study and return its front over all trials.
+
+    ``config.backend`` picks Optuna in this process or Ray Tune; ``ray_settings`` passes extra
+    worker settings on Ray (``pid_file``: where each worker writes its process id, for tests).
+    """
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
         space = SearchSpace.from_yaml(resolve_space(config.space, study_source=config.source))
@@ -158,12 +163,29 @@ def run_study(
                          should_stop=should_stop, on_epoch=on_epoch)
 
     stand_in = {**teacher_metrics, "accuracy": 0.0}
-    optuna_backend.optimize(
-        study, space, run, n_trials=config.trials, seed=config.seed,
-        objectives=config.objectives, constraint_names=config.budget.constraint_names(),
-        stand_in=stand_in, early_stopping=early,
-        on_result=_trial_line(config.trials, [0], space, progress),
-    )
+    report = _trial_line(config.trials, [0], space, progress)
+    if config.backend == "ray":
+        from autocompress.backends import ray_backend
+
+        progress(f"running on Ray: {config.ray.max_concurrent} trials at a time, "
+                 f"{config.ray.cpus_per_trial} CPU(s) each, scheduler {config.ray.scheduler}")
+        ray_backend.optimize(
+            study_name=config.name, storage=storage, space=space,
+            objectives=config.objectives, n_trials=config.trials, seed=config.seed,
+            sampler_name=config.sampler, task=task, outputs=outputs, ray_config=config.ray,
+            settings={"finetune": config.finetune, "measure": config.measure,
+                      "budget": config.budget, "teacher_metrics": teacher_metrics,
+                      "need_peak": need_peak, **(ray_settings or {})},
+            results_dir=out / "ray_results",
+            constraint_names=config.budget.constraint_names(), stand_in=stand_in,
+            on_result=report,
+        )
+    else:
+        optuna_backend.optimize(
+            study, space, run, n_trials=config.trials, seed=config.seed,
+            objectives=config.objectives, constraint_names=config.budget.constraint_names(),
+            stand_in=stand_in, early_stopping=early, on_result=report,
+        )
     results = optuna_backend.load_results(study)
     front = pareto_front(results, config.objectives, teacher_metrics, config.budget)
     write_tables(out, results, front)
