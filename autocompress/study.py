@@ -124,7 +124,8 @@ def run_study(
     """Run ``config.trials`` more trials of the study and return its front over all trials.
 
     ``config.backend`` picks Optuna in this process or Ray Tune; ``ray_settings`` passes extra
-    worker settings on Ray (``pid_file``: where each worker writes its process id, for tests).
+    worker settings on Ray (``pid_dir``: a folder where each trial's worker leaves its process
+    id, so a test can kill one).
     """
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:

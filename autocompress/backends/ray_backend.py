@@ -59,9 +59,8 @@ def _trainable(config: dict, *, task, outputs, settings: dict) -> None:
     node = {"node_id": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
             "pid": os.getpid()}
-    marker = settings.get("pid_file")
-    if marker:  # lets a test find (and kill) this worker
-        Path(marker).write_text(str(os.getpid()))
+    if settings.get("pid_dir"):  # each attempt leaves its process id (lets a test kill one)
+        (Path(settings["pid_dir"]) / str(os.getpid())).touch()
 
     def on_epoch(epoch: int, accuracy: float) -> None:
         tune.report({"accuracy": accuracy, "epoch": epoch, "final": False,
