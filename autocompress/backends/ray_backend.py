@@ -253,7 +253,7 @@ def optimize(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=ray_config.max_concurrent),
-            scheduler=scheduler, num_samples=n_trials,
+            scheduler=scheduler, num_samples=n_trials, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=f"{study_name}-{done}", storage_path=str(results_dir.resolve()), verbose=0,
