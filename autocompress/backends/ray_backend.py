@@ -31,6 +31,7 @@ from autocompress.backends.optuna_backend import (
     PLAN_ATTR,
     REASON_ATTR,
     STOPPED_ATTR,
+    _optuna_quiet,
     make_sampler,
 )
 from autocompress.plan import Plan
@@ -260,9 +261,5 @@ def optimize(
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures),
         ),
     )
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    with _optuna_quiet():  # OptunaSearch creates (loads) the study when the run starts
         tuner.fit()
-    finally:
-        optuna.logging.set_verbosity(verbosity)
