@@ -200,8 +200,9 @@ def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
+        # address="local": always a new local Ray, never a cluster someone left running here
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                 include_dashboard=False, log_to_driver=False)
 
 
 def optimize(
