@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := ray,nni,onnx,pruning,plot,dev
 
-.PHONY: install demo test test-slow lint clean-studies
+.PHONY: install demo test test-slow lint clean-studies chromium
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/autocompress search studies/quickstart.yaml
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: install
@@ -32,3 +32,10 @@ lint: install
 
 clean-studies:
 	rm -rf studies/*/
+
+# The report test opens report.html in headless Chromium (Debian's package); where it cannot
+# be installed the test says so and is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "chromium could not be installed: the report rendering test will be skipped"; }

@@ -12,6 +12,7 @@ from autocompress.config import StudyConfig, load_study
 from autocompress.errors import AutocompressError, ConfigError, TrialError
 from autocompress.pareto import ParetoFront, non_dominated, pareto_front
 from autocompress.plan import Plan
+from autocompress.report.outputs import write_report
 from autocompress.space import SearchSpace, shipped_spaces
 from autocompress.study import StudyOutcome, run_study, search, validate_study
 from autocompress.tasks import Task
@@ -39,4 +40,5 @@ __all__ = [
     "search",
     "shipped_spaces",
     "validate_study",
+    "write_report",
 ]

@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("study", metavar="STUDY.yaml", help="the study file to check")
     validate.add_argument("--out", metavar="DIR", help="folder of the teacher cache "
                           "(default: studies/<name>/)")
+    report = commands.add_parser(
+        "report", help="(re)write report.html, pareto.json/png and the CSVs of a study",
+        description="Rebuild a study's readable outputs from its storage: report.html (one "
+                    "self-contained page: budget, teacher, sortable front, plots, hypervolume "
+                    "over trials, why trials failed or stopped), pareto.json, pareto.png, "
+                    "trials.csv and pareto.csv. A search writes them at its end too.")
+    report.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
+    report.add_argument("--out", metavar="DIR", help="the output folder, when STUDY is a file "
+                        "and the search used --out")
     commands.add_parser("spaces", help="list the shipped search spaces, one line each",
                         description="List search_spaces/*.yaml with the first line of each.")
     return parser
@@ -111,8 +120,8 @@ def _search(args: argparse.Namespace) -> int:
         print(format_front(outcome.front, list(outcome.space.searched)))
     else:
         print(format_no_front(results))
-    print(f"\nwritten to {outcome.out_dir}/: study.db, teacher.json, trials.csv, pareto.csv, "
-          "study.json")
+    print(f"\nwritten to {outcome.out_dir}/: report.html, pareto.csv, pareto.json, pareto.png, "
+          "trials.csv, study.json, study.db, teacher.json")
     return 0
 
 
@@ -121,6 +130,20 @@ def _validate(args: argparse.Namespace) -> int:
     for line in autocompress.validate_study(config, out_dir=args.out,
                                             progress=lambda line: print(line, flush=True)):
         print(line)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    target = Path(args.study)
+    if target.is_dir():
+        folder = target
+    else:
+        folder = Path(args.out) if args.out else Path("studies") / autocompress.load_study(
+            target).name
+    path = autocompress.write_report(folder)
+    print(f"written {path} (and pareto.json, pareto.png, trials.csv, pareto.csv beside it)")
     return 0
 
 
@@ -139,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "spaces":
             return _spaces()
+        if args.command == "report":
+            return _report(args)
         return _search(args)
     except autocompress.AutocompressError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)

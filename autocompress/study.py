@@ -25,11 +25,11 @@ from autocompress.config import StudyConfig, resolve_space
 from autocompress.errors import ConfigError
 from autocompress.files import write_atomic
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
+from autocompress.report.outputs import write_report
 from autocompress.report.tables import (
     describe_metrics,
     describe_result,
     results_dataframe,
-    write_tables,
 )
 from autocompress.report.validate import budget_verdict, most_compressed_plan, space_size
 from autocompress.space import SearchSpace
@@ -189,7 +189,6 @@ def run_study(
         )
     results = optuna_backend.load_results(study)
     front = pareto_front(results, config.objectives, teacher_metrics, config.budget)
-    write_tables(out, results, front)
     history = hypervolume_history(results, config.objectives, teacher_metrics, config.budget)
     write_atomic(out / "study.json", json.dumps({
         "name": config.name, "budget": config.budget.to_dict(),
@@ -198,6 +197,7 @@ def run_study(
         "hypervolume": front.hypervolume, "hypervolume_reference": front.reference,
         "hypervolume_history": history, "trials": len(results), "front": len(front),
     }, indent=2))
+    write_report(out)
     return StudyOutcome(config, out, teacher_metrics, results, front, space)
 
 

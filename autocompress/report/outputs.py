@@ -1,0 +1,81 @@
+"""Everything in a study's output folder that people read, rebuilt from the folder alone.
+
+``write_report(folder)`` reads ``study.db``, ``study.json`` and ``teacher.json`` and writes
+``report.html``, ``pareto.json`` and ``pareto.png`` (and the CSVs): the end of every search calls
+it, and so does ``autocompress report`` at any later time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autocompress.backends.optuna_backend import load_results
+from autocompress.budget import Budget
+from autocompress.errors import ConfigError
+from autocompress.files import write_atomic
+from autocompress.pareto import hypervolume_history, pareto_front
+from autocompress.report.html import render, scatter_plots
+from autocompress.report.tables import write_tables
+
+REPORT_FILES = ("report.html", "pareto.json", "pareto.png", "trials.csv", "pareto.csv")
+
+
+def pareto_json(front: Any, teacher: dict, record: dict) -> str:
+    """Front members with their choices, metrics and the noise of their latency."""
+    members = [{
+        "trial": m.number,
+        "choices": dict(m.plan.choices),
+        "seed": m.plan.seed,
+        "metrics": m.metrics,
+        "latency_noise_ms": m.metrics.get("latency_noise_ms"),
+        "measurement": m.measurement,
+    } for m in front]
+    return json.dumps({"study": record.get("name"), "objectives": dict(front.objectives),
+                       "budget": record.get("budget", {}), "teacher": teacher,
+                       "hypervolume": front.hypervolume, "reference": dict(front.reference),
+                       "members": members}, indent=2, default=str)
+
+
+def write_report(folder: str | Path) -> Path:
+    """(Re)write the readable outputs of the study in ``folder``; returns report.html's path."""
+    folder = Path(folder)
+    record_path, db = folder / "study.json", folder / "study.db"
+    if not record_path.is_file() or not db.is_file():
+        raise ConfigError(str(folder), None, "no study.json and study.db",
+                          "the output folder of a search (studies/<name>/)")
+    record = json.loads(record_path.read_text())
+    teacher = json.loads((folder / "teacher.json").read_text())
+    teacher = {k: v for k, v in teacher.items() if isinstance(v, int | float)}
+    budget = Budget(**record.get("budget", {}))
+    objectives = record["objectives"]
+    with_quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{db.resolve()}")
+    finally:
+        optuna.logging.set_verbosity(with_quiet)
+    results = load_results(study)
+    front = pareto_front(results, objectives, teacher, budget)
+    history = hypervolume_history(results, objectives, teacher, budget)
+    write_tables(folder, results, front)
+    write_atomic(folder / "pareto.json", pareto_json(front, teacher, record))
+    settings = {k: record.get(k) for k in ("sampler", "seed", "pruner", "runtime", "trials")}
+    page = render(name=record["name"], results=results, front=front, teacher=teacher,
+                  budget=budget, history=history, settings=settings)
+    write_atomic(folder / "report.html", page)
+    figures = scatter_plots(results, front, budget, teacher)
+    if figures:
+        import io
+
+        buffer = io.BytesIO()
+        figures[0][1].savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        write_atomic(folder / "pareto.png", buffer.getvalue())
+        import matplotlib.pyplot as plt
+
+        for _, fig in figures:
+            plt.close(fig)
+    return folder / "report.html"

@@ -1,0 +1,102 @@
+"""report.html, pareto.json and the report command: schemas, escaping, a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pandas as pd
+import pytest
+
+import autocompress
+from autocompress.budget import Budget
+from autocompress.config import study_from_dict
+from autocompress.pareto import pareto_front
+from autocompress.plan import Plan
+from autocompress.report.html import render
+from autocompress.trial import TrialResult
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    config = study_from_dict({
+        "name": "reported", "task": {"dataset": "digits", "teacher": "lenet300",
+                                     "teacher_epochs": 4},
+        "measure": {"warmup": 1, "repeats": 3}, "finetune": {"epochs": 1},
+        "budget": {"max_memory_bytes": "60kB", "max_accuracy_drop": 5},
+        "trials": 6, "sampler": "random", "seed": 4})
+    autocompress.run_study(config, out_dir=out)
+    return out
+
+
+def test_a_search_leaves_every_report_file(study_folder):
+    for name in ("report.html", "pareto.json", "pareto.png", "trials.csv", "pareto.csv"):
+        assert (study_folder / name).stat().st_size > 0, name
+    assert (study_folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_json_schema_matches_the_csv(study_folder):
+    data = json.loads((study_folder / "pareto.json").read_text())
+    assert {"study", "objectives", "budget", "teacher", "hypervolume", "reference",
+            "members"} <= set(data)
+    front = pd.read_csv(study_folder / "pareto.csv")
+    assert [m["trial"] for m in data["members"]] == list(front["trial"])
+    for member in data["members"]:
+        assert {"trial", "choices", "seed", "metrics", "latency_noise_ms",
+                "measurement"} <= set(member)
+        assert {"accuracy", "latency_ms", "memory_bytes"} <= set(member["metrics"])
+        assert member["metrics"]["memory_bytes"] <= 60_000
+
+
+def test_report_command_rebuilds_from_the_folder(study_folder):
+    (study_folder / "report.html").unlink()
+    done = subprocess.run([sys.executable, "-m", "autocompress.cli", "report",
+                           str(study_folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (study_folder / "report.html").is_file()
+    empty = study_folder / "empty"
+    empty.mkdir()
+    refused = subprocess.run([sys.executable, "-m", "autocompress.cli", "report", str(empty)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "no study.json and study.db" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_user_strings_are_escaped():
+    evil = "<script>alert('x')</script>"
+    ok = TrialResult(Plan({"student.width": 0.5, "note": evil}), number=0,
+                     metrics={"accuracy": 0.9, "latency_ms": 1.0, "memory_bytes": 1000.0,
+                              "latency_noise_ms": 0.0})
+    bad = TrialResult(Plan({}), state="failed", reason=evil, number=1)
+    objectives = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+    teacher = {"accuracy": 0.95, "latency_ms": 2.0, "memory_bytes": 4000.0}
+    front = pareto_front([ok, bad], objectives, teacher)
+    page = render(name=evil, results=[ok, bad], front=front, teacher=teacher, budget=Budget(),
+                  history=[0.1], settings={"sampler": evil})
+    assert evil not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1  # our own sorting script only
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here (make test "
+                    "installs it with apt-get where it can)")
+def test_report_renders_in_headless_chromium_without_console_errors(study_folder):
+    profile = tempfile.mkdtemp()
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=3000", "--dump-dom", (study_folder / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert '<table class="sortable" id="front">' in dom or "No trial met the budget" in dom
+    assert dom.count("<svg") >= 4  # three pairs of objectives and the hypervolume history
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "error" in line.lower() or "Uncaught" in line]
