@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -82,9 +83,19 @@ class _Calibration:
 
 def quantize_int8(onnx_model: bytes, model: nn.Module, calibration: torch.Tensor) -> bytes:
     """Int8 ONNX: dynamic for linear-only models, static QDQ (calibrated) with convolutions."""
+    has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's quantizer advises pre-processing on the root logger
+    try:
+        return _quantize_int8(onnx_model, calibration, has_conv)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_int8(onnx_model: bytes, calibration: torch.Tensor, has_conv: bool) -> bytes:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    has_conv = any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules())
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
