@@ -28,7 +28,7 @@ from torch import nn
 from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
-from autocompress.techniques.common import WEIGHT_LAYERS, Context
+from autocompress.techniques.common import WEIGHT_LAYERS, Context, weight_layers
 from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
 
 PARAMETERS = (
@@ -203,14 +203,13 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     """
     if ctx.student_factory is not None:
         return ctx.student_factory(plan, model)
-    names = [str(i) for i, m in enumerate(model) if isinstance(m, WEIGHT_LAYERS)] if isinstance(
-        model, nn.Sequential) else []
-    widths = {name: float(plan.for_layer("student.width", name, 1.0)) for name in names}
+    widths = {name: float(plan.for_layer("student.width", name, 1.0))
+              for name, _ in weight_layers(model)}
+    widths["*"] = float(plan.get("student.width", 1.0))  # the global share, for any layer
     dropped = int(plan.get("student.drop_layers", 0))
     migrate = bool(plan.get("student.migrate", True))
-    if dropped == 0 and migrate and all(w >= 1.0 for w in widths.values()) and float(
-            plan.get("student.width", 1.0)) >= 1.0:
-        return copy.deepcopy(model)
+    if dropped == 0 and migrate and min(widths.values()) >= 1.0:
+        return copy.deepcopy(model)  # nothing to cut
     if not isinstance(model, nn.Sequential):
         raise TrialError(
             f"student: needs a flat nn.Sequential teacher, got {type(model).__name__}; "
