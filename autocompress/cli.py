@@ -83,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
     report.add_argument("--out", metavar="DIR", help="the output folder, when STUDY is a file "
                         "and the search used --out")
+    export = commands.add_parser(
+        "export", help="write a trial's compressed model to a file, re-verified",
+        description="Rebuild trial N's compressed model from its recorded plan and the weights "
+                    "the search kept (models/trial_N.acpk), measure it again, and write it. "
+                    "Refuses (exit 2, nothing written) when the validation accuracy differs "
+                    "from the recorded one by more than half a point.")
+    export.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
+    export.add_argument("--trial", type=int, required=True, metavar="N",
+                        help="the trial number (see pareto.csv)")
+    export.add_argument("--format", default="torchscript",
+                        choices=("torchscript", "onnx", "state_dict"),
+                        help="torchscript (torch alone loads it), onnx (onnxruntime; int8 where "
+                             "the trial ran int8), state_dict (packed at the weights' bit "
+                             "width, with its loader)")
+    export.add_argument("--out", required=True, metavar="PATH", help="folder to write into")
+    export.add_argument("--study-out", metavar="DIR",
+                        help="the study's output folder when STUDY is a file and the search "
+                             "used --out")
     commands.add_parser("spaces", help="list the shipped search spaces, one line each",
                         description="List search_spaces/*.yaml with the first line of each.")
     return parser
@@ -134,16 +152,30 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    path = autocompress.write_report(_study_folder(args.study, args.out))
+    print(f"written {path} (and pareto.json, pareto.png, trials.csv, pareto.csv beside it)")
+    return 0
+
+
+def _study_folder(study: str, out: str | None):
     from pathlib import Path
 
-    target = Path(args.study)
+    target = Path(study)
     if target.is_dir():
-        folder = target
-    else:
-        folder = Path(args.out) if args.out else Path("studies") / autocompress.load_study(
-            target).name
-    path = autocompress.write_report(folder)
-    print(f"written {path} (and pareto.json, pareto.png, trials.csv, pareto.csv beside it)")
+        return target
+    return Path(out) if out else Path("studies") / autocompress.load_study(target).name
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autocompress.export import export_trial
+
+    card = export_trial(_study_folder(args.study, args.study_out), args.trial,
+                        fmt=args.format, out=args.out)
+    again = card["remeasured"]
+    print(f"trial {args.trial} written to {args.out} ({args.format}); re-measured: validation "
+          f"accuracy {100 * again['accuracy']:.2f}% (recorded "
+          f"{100 * card['recorded']['accuracy']:.2f}%), test accuracy "
+          f"{100 * again.get('test_accuracy', float('nan')):.2f}%; load it with: {card['load']}")
     return 0
 
 
@@ -164,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _spaces()
         if args.command == "report":
             return _report(args)
+        if args.command == "export":
+            return _export(args)
         return _search(args)
     except autocompress.AutocompressError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ Running a study again adds trials to the stored study; it never starts over.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -99,10 +100,15 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
     return Task(f"{spec.dataset}/{spec.teacher}", teacher, data.train, data.val, data.test)
 
 
-def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Progress):
+def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Progress,
+                out: Path | None = None):
+    """Prints a line per trial and keeps each finished model's packed weights in
+    ``models/trial_<N>.acpk`` (what ``autocompress export`` loads)."""
     searched = list(space.searched)
 
     def report(result: TrialResult) -> None:
+        if result.packed is not None and out is not None:
+            write_atomic(out / "models" / f"trial_{result.number}.acpk", result.packed)
         count[0] += 1
         choices = " ".join(f"{n.split('.')[-1]}={result.plan.get(n)!s:.5}" for n in searched)
         head = f"trial {count[0]}/{total} (#{result.number})"
@@ -134,6 +140,7 @@ def run_study(
         raise ConfigError(config.source, "budget.device", config.measure.device,
                           "cpu: torch sees no CUDA device on this machine")
     out.mkdir(parents=True, exist_ok=True)
+    builtin = task is None
     if task is None:
         task = builtin_task(config, out, progress)
     need_peak = needs_peak_memory(config)
@@ -164,7 +171,7 @@ def run_study(
                          should_stop=should_stop, on_epoch=on_epoch)
 
     stand_in = {**teacher_metrics, "accuracy": 0.0}
-    report = _trial_line(config.trials, [0], space, progress)
+    report = _trial_line(config.trials, [0], space, progress, out)
     if config.backend == "ray":
         from autocompress.backends import ray_backend
 
@@ -196,6 +203,9 @@ def run_study(
         "pruner": config.pruner, "runtime": config.measure.runtime,
         "hypervolume": front.hypervolume, "hypervolume_reference": front.reference,
         "hypervolume_history": history, "trials": len(results), "front": len(front),
+        "task": dataclasses.asdict(config.task) if builtin else None,
+        "measure": dataclasses.asdict(config.measure),
+        "finetune": dataclasses.asdict(config.finetune),
     }, indent=2))
     write_report(out)
     return StudyOutcome(config, out, teacher_metrics, results, front, space)

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from autocompress.budget import Budget, feasible, format_violations
 from autocompress.config import FinetuneConfig, MeasureConfig
 from autocompress.errors import TrialError
-from autocompress.measure import measure_latency, stored_bits, stored_bytes
+from autocompress.measure import measure_latency, pack_model, stored_bits, stored_bytes
 from autocompress.measure.peak import peak_inference_bytes
 from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
@@ -58,6 +58,7 @@ class TrialResult:
     number: int | None = None
     constraints: dict[str, float] = field(default_factory=dict)
     stopped_at: str = ""  # "structure" (constraint-first stop), "epoch N" (early stop), or ""
+    packed: bytes | None = field(default=None, repr=False)  # the finished model's stored form
 
     @property
     def ok(self) -> bool:
@@ -265,7 +266,8 @@ def run_trial(
             metrics["accuracy"] = stop.accuracy
             return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
         model = bake(model)
-        metrics["memory_bytes"] = float(stored_bytes(model))  # re-measured on trained weights
+        packed = pack_model(model)
+        metrics["memory_bytes"] = float(len(packed))  # re-measured on the trained weights
         metrics["sparsity"] = sparsity(model)
         metrics.update(measure_accuracy(model, task, measure))
     except (TrialError, RuntimeError, ValueError) as exc:
@@ -274,7 +276,9 @@ def run_trial(
         if last and not isinstance(exc, TrialError):
             reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
         return TrialResult(plan, FAILED, reason=reason, duration_s=time.perf_counter() - started)
-    return result(COMPLETE, metrics, measurement)
+    finished = result(COMPLETE, metrics, measurement)
+    finished.packed = packed
+    return finished
 
 
 def _epoch_reporter(task: Task, should_stop, on_epoch):

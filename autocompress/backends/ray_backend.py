@@ -11,6 +11,7 @@ which the ASHA scheduler uses to stop weak trials; the final report carries ever
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -81,7 +82,8 @@ def _result_to_dict(result: TrialResult) -> dict[str, Any]:
     return {"plan": result.plan.to_dict(), "state": result.state, "metrics": result.metrics,
             "measurement": result.measurement, "reason": result.reason,
             "duration_s": result.duration_s, "constraints": result.constraints,
-            "stopped_at": result.stopped_at}
+            "stopped_at": result.stopped_at,
+            "packed": base64.b64encode(result.packed).decode() if result.packed else None}
 
 
 class _DefineByRun:
@@ -183,10 +185,12 @@ def _record(ot_trial: optuna.Trial, record: dict, node: str | None) -> TrialResu
         ot_trial.set_user_attr(CONSTRAINTS_ATTR, record["constraints"])
         for name, value in record["metrics"].items():
             ot_trial.set_user_attr(name, value)
+    packed = record.get("packed")
     return TrialResult(Plan.from_dict(record["plan"]), record["state"], record["metrics"],
                        record["measurement"], reason=record["reason"],
                        duration_s=record["duration_s"], constraints=record["constraints"],
-                       stopped_at=record["stopped_at"])
+                       stopped_at=record["stopped_at"],
+                       packed=base64.b64decode(packed) if packed else None)
 
 
 def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:

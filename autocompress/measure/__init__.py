@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from autocompress.measure.latency import Latency, measure_latency
-from autocompress.measure.memory import stored_bits, stored_bytes
+from autocompress.measure.memory import pack_model, stored_bits, stored_bytes
 
-__all__ = ["Latency", "measure_latency", "stored_bits", "stored_bytes"]
+__all__ = ["Latency", "measure_latency", "pack_model", "stored_bits", "stored_bytes"]

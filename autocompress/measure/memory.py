@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, packed_size
+from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, pack_state_dict, packed_size
 
 
 def stored_bits(model: nn.Module) -> dict[str, int]:
@@ -40,6 +40,12 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 for key in module.parametrizations:
                     state[prefix + key] = getattr(module, key).detach()
     return state
+
+
+def pack_model(model: nn.Module) -> bytes:
+    """The model's stored form itself (what :func:`stored_bytes` counts)."""
+    return pack_state_dict(effective_state_dict(model), stored_bits(model),
+                           asymmetric_weights(model))
 
 
 def stored_bytes(model: nn.Module) -> int:

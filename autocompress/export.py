@@ -1,0 +1,198 @@
+"""``autocompress export``: a front member as a file people can ship, re-verified first.
+
+The compressed structure of trial N is rebuilt from its recorded plan and seed (student,
+structured pruning, quantization formats are deterministic given the teacher), the weights the
+trial finished with are loaded from ``models/trial_N.acpk`` (its packed stored form, kept by the
+search), and accuracy, latency and stored size are measured again. If the validation accuracy
+differs from the recorded one by more than :data:`TOLERANCE`, nothing is written.
+
+Formats: ``torchscript`` (``model.pt``, loads with torch alone), ``onnx`` (``model.onnx``, int8
+where the trial ran int8; loads with onnxruntime), ``state_dict`` (``model.acpk``: the packed
+stored form, weights at their bit width, with ``acpk.py`` to unpack it and ``load_model.py`` to
+rebuild the network; needs torch and numpy). Each comes with ``model.json``: choices, metrics,
+versions, input shape, and the loading code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autocompress import packing
+from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
+from autocompress.errors import AutocompressError, ConfigError
+from autocompress.files import write_atomic
+from autocompress.measure.runtime import deploy, export_onnx, int8_ready, quantize_int8
+from autocompress.plan import Plan
+from autocompress.study import builtin_task
+from autocompress.techniques.common import bake
+from autocompress.trial import build_compressed, final_form, make_context, measure_model
+
+FORMATS = ("torchscript", "onnx", "state_dict")
+TOLERANCE = 0.005  # validation accuracy, as a share: half a point
+
+_LOADER = '''"""Rebuild the exported network and load its packed weights (needs torch and numpy)."""
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acpk import unpack_state_dict
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(layers):
+    made = []
+    for spec in layers:
+        kind, args = spec["type"], spec.get("args", {})
+        made.append(getattr(nn, kind)(**args))
+    return nn.Sequential(*made)
+
+
+def load_model():
+    card = json.loads((HERE / "model.json").read_text())
+    model = build(card["architecture"])
+    model.load_state_dict(unpack_state_dict((HERE / "model.acpk").read_bytes()))
+    return model.eval()
+'''
+
+
+class ExportError(AutocompressError):
+    """The rebuilt model does not reproduce the trial, or cannot be written in that format."""
+
+
+def describe_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """A flat nn.Sequential as a list of constructor calls (for the state_dict loader)."""
+    if not isinstance(model, nn.Sequential):
+        raise ExportError("state_dict export needs a flat nn.Sequential; use torchscript or onnx")
+    layers = []
+    for module in model:
+        if isinstance(module, nn.Linear):
+            args = {"in_features": module.in_features, "out_features": module.out_features,
+                    "bias": module.bias is not None}
+        elif isinstance(module, nn.Conv2d):
+            args = {"in_channels": module.in_channels, "out_channels": module.out_channels,
+                    "kernel_size": list(module.kernel_size), "stride": list(module.stride),
+                    "padding": list(module.padding), "bias": module.bias is not None}
+        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
+            args = {"kernel_size": module.kernel_size, "stride": module.stride}
+        elif isinstance(module, nn.ReLU | nn.Flatten | nn.Identity | nn.Tanh | nn.Sigmoid):
+            args = {}
+        else:
+            raise ExportError(f"state_dict export cannot describe {type(module).__name__}; "
+                              "use torchscript or onnx")
+        layers.append({"type": type(module).__name__, "args": args})
+    return layers
+
+
+def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict]:
+    """(model with the trial's weights, task, recorded metrics, study record)."""
+    record = json.loads((folder / "study.json").read_text())
+    if not record.get("task"):
+        raise ExportError("this study's teacher came through the Python API: export it there")
+    study = optuna.load_study(study_name=record["name"],
+                              storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    trials = {t.number: t for t in study.trials}
+    if trial_number not in trials:
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          f"a trial number of this study (0..{len(trials) - 1})")
+    frozen = trials[trial_number]
+    weights = folder / "models" / f"trial_{trial_number}.acpk"
+    if frozen.state != optuna.trial.TrialState.COMPLETE or not weights.is_file():
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          "a trial that finished training (see trials.csv: state complete, "
+                          "not stopped)")
+    config = study_from_dict({"name": record["name"], "task": record["task"],
+                              "finetune": record.get("finetune"),
+                              "measure": record.get("measure")}, where=str(folder))
+    task = builtin_task(config, folder)
+    plan = Plan.from_dict(frozen.user_attrs["plan"])
+    ctx = make_context(task, None, FinetuneConfig(**record.get("finetune", {})), plan.seed)
+    model = final_form(build_compressed(plan, ctx), ctx)
+    model = bake(model) if any(hasattr(m, "parametrizations") for m in model.modules()) else model
+    model.load_state_dict(packing.unpack_state_dict(weights.read_bytes()))
+    return model.eval(), task, dict(frozen.user_attrs.get("metrics", {})), record
+
+
+def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
+                 out: str | Path) -> dict[str, Any]:
+    """Rebuild, re-verify and write trial ``trial`` of the study in ``folder``; the side-card."""
+    if fmt not in FORMATS:
+        raise ConfigError("command line", "--format", fmt, "one of " + ", ".join(FORMATS))
+    folder, out = Path(folder), Path(out)
+    model, task, recorded, record = rebuild(folder, trial)
+    measure = MeasureConfig(**record.get("measure", {}))
+    metrics, measurement = measure_model(model, task, measure)
+    drift = abs(metrics["accuracy"] - recorded.get("accuracy", float("nan")))
+    if not drift <= TOLERANCE:
+        raise ExportError(
+            f"trial {trial}: rebuilt model's validation accuracy {metrics['accuracy']:.4f} differs "
+            f"from the recorded {recorded.get('accuracy', float('nan')):.4f} by more than "
+            f"{TOLERANCE} (nothing written)")
+    out.mkdir(parents=True, exist_ok=True)
+    example = task.example_input
+    card: dict[str, Any] = {
+        "study": record["name"], "trial": trial, "format": fmt,
+        "input_shape": [None, *example.shape[1:]],
+        "recorded": recorded, "remeasured": metrics, "measurement": measurement,
+        "versions": {"torch": torch.__version__, "autocompress": __import__("autocompress")
+                     .__version__},
+    }
+    if fmt == "torchscript":
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(model, example[:1]).save(str(out / "model.pt"))
+        card["load"] = "import torch; model = torch.jit.load('model.pt')"
+    elif fmt == "onnx":
+        onnx_model = export_onnx(model, example)
+        if int8_ready(model):
+            onnx_model = quantize_int8(onnx_model, model, task.train.x[:256])
+        write_atomic(out / "model.onnx", onnx_model)
+        card["load"] = ("import onnxruntime as ort; session = ort.InferenceSession('model.onnx'); "
+                        "logits = session.run(None, {'input': x})[0]  # x: float32 numpy")
+        card["onnx_int8"] = int8_ready(model)
+        _check_onnx(out / "model.onnx", model, example)
+    else:
+        card["architecture"] = describe_layers(model)
+        write_atomic(out / "model.acpk", packing.pack_state_dict(
+            model.state_dict(), _bits(model), _asymmetric(model)))
+        shutil.copyfile(packing.__file__, out / "acpk.py")
+        write_atomic(out / "load_model.py", _LOADER)
+        card["load"] = "from load_model import load_model; model = load_model()"
+    write_atomic(out / "model.json", json.dumps(card, indent=2, default=str))
+    return card
+
+
+def _bits(model: nn.Module) -> dict[str, int]:
+    from autocompress.measure.memory import stored_bits
+
+    return stored_bits(model)
+
+
+def _asymmetric(model: nn.Module) -> list[str]:
+    from autocompress.measure.memory import asymmetric_weights
+
+    return asymmetric_weights(model)
+
+
+def _check_onnx(path: Path, model: nn.Module, example: torch.Tensor) -> None:
+    """The written ONNX file must run in onnxruntime and agree with the model."""
+    session = deploy(model, "onnxruntime", example_input=example, threads=1)
+    import onnxruntime as ort
+
+    written = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = example[:1].numpy()
+    got = torch.from_numpy(written.run(None, {"input": x})[0])
+    want = session(example[:1])
+    if got.argmax(1).tolist() != want.argmax(1).tolist():
+        raise ExportError("the ONNX file disagrees with the model in onnxruntime; "
+                          "use --format torchscript")
