@@ -29,7 +29,7 @@ from autocompress import packing
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
 from autocompress.errors import AutocompressError, ConfigError
 from autocompress.files import write_atomic
-from autocompress.measure.runtime import deploy, export_onnx, int8_ready, quantize_int8
+from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
 from autocompress.plan import Plan
 from autocompress.study import builtin_task
 from autocompress.techniques.common import bake
@@ -132,16 +132,20 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
     model, task, recorded, record = rebuild(folder, trial)
     measure = MeasureConfig(**record.get("measure", {}))
     metrics, measurement = measure_model(model, task, measure)
-    drift = abs(metrics["accuracy"] - recorded.get("accuracy", float("nan")))
-    if not drift <= TOLERANCE:
-        raise ExportError(
-            f"trial {trial}: rebuilt model's validation accuracy {metrics['accuracy']:.4f} differs "
-            f"from the recorded {recorded.get('accuracy', float('nan')):.4f} by more than "
-            f"{TOLERANCE} (nothing written)")
+    for name in ("accuracy", "test_accuracy"):
+        if name not in recorded and name != "accuracy":
+            continue
+        drift = abs(metrics.get(name, float("nan")) - recorded.get(name, float("nan")))
+        if not drift <= TOLERANCE:
+            raise ExportError(
+                f"trial {trial}: rebuilt model's {name} {metrics.get(name, float('nan')):.4f} "
+                f"differs from the recorded {recorded.get(name, float('nan')):.4f} by more than "
+                f"{TOLERANCE} (nothing written)")
     out.mkdir(parents=True, exist_ok=True)
     example = task.example_input
     card: dict[str, Any] = {
         "study": record["name"], "trial": trial, "format": fmt,
+        "choices": dict(Plan.from_dict(_plan_of(folder, record, trial)).choices),
         "input_shape": [None, *example.shape[1:]],
         "recorded": recorded, "remeasured": metrics, "measurement": measurement,
         "versions": {"torch": torch.__version__, "autocompress": __import__("autocompress")
@@ -160,7 +164,7 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         card["load"] = ("import onnxruntime as ort; session = ort.InferenceSession('model.onnx'); "
                         "logits = session.run(None, {'input': x})[0]  # x: float32 numpy")
         card["onnx_int8"] = int8_ready(model)
-        _check_onnx(out / "model.onnx", model, example)
+        _check_onnx(out / "model.onnx", model, task.val.x[:256], card["onnx_int8"])
     else:
         card["architecture"] = describe_layers(model)
         write_atomic(out / "model.acpk", packing.pack_state_dict(
@@ -170,6 +174,12 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         card["load"] = "from load_model import load_model; model = load_model()"
     write_atomic(out / "model.json", json.dumps(card, indent=2, default=str))
     return card
+
+
+def _plan_of(folder: Path, record: dict, trial: int) -> dict:
+    study = optuna.load_study(study_name=record["name"],
+                              storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    return study.trials[trial].user_attrs["plan"]
 
 
 def _bits(model: nn.Module) -> dict[str, int]:
@@ -184,15 +194,19 @@ def _asymmetric(model: nn.Module) -> list[str]:
     return asymmetric_weights(model)
 
 
-def _check_onnx(path: Path, model: nn.Module, example: torch.Tensor) -> None:
-    """The written ONNX file must run in onnxruntime and agree with the model."""
-    session = deploy(model, "onnxruntime", example_input=example, threads=1)
+def _check_onnx(path: Path, model: nn.Module, inputs: torch.Tensor, int8: bool) -> None:
+    """The written file must run in onnxruntime and match the model: to 1e-3 in float, on at
+    least 97% of predictions in int8 (whose activations are quantized too)."""
     import onnxruntime as ort
 
     written = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = example[:1].numpy()
-    got = torch.from_numpy(written.run(None, {"input": x})[0])
-    want = session(example[:1])
-    if got.argmax(1).tolist() != want.argmax(1).tolist():
-        raise ExportError("the ONNX file disagrees with the model in onnxruntime; "
-                          "use --format torchscript")
+    got = torch.from_numpy(written.run(None, {"input": inputs.numpy()})[0])
+    with torch.no_grad():
+        want = model(inputs)
+    if int8:
+        ok = float((got.argmax(1) == want.argmax(1)).float().mean()) >= 0.97
+    else:
+        ok = torch.allclose(got, want, atol=1e-3)
+    if not ok:
+        raise ExportError("the ONNX file's outputs do not match the model in onnxruntime; "
+                          "use --format torchscript, which runs the same kernels as torch")
