@@ -100,3 +100,14 @@ def test_report_renders_in_headless_chromium_without_console_errors(study_folder
     assert dom.count("<svg") >= 4  # three pairs of objectives and the hypervolume history
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "error" in line.lower() or "Uncaught" in line]
+
+
+def test_the_page_says_why_trials_were_infeasible():
+    objectives = {"accuracy": "max", "memory_bytes": "min"}
+    over = TrialResult(Plan({}), number=0, metrics={"accuracy": 0.9, "memory_bytes": 5e4},
+                       constraints={"memory_bytes": 2e4}, stopped_at="structure")
+    page = render(name="s", results=[over], front=pareto_front([over], objectives, {}),
+                  teacher={}, budget=Budget(max_memory_bytes=30_000), history=[],
+                  settings={})
+    assert "memory_bytes over its limit: 1 trial(s)" in page
+    assert "No trial met the budget" in page

@@ -102,7 +102,8 @@ def scatter_plots(results: Sequence[Any], front: Any, budget: Any, teacher: Mapp
                 setter("log")
         ax.set_xlabel(LABELS[x])
         ax.set_ylabel(LABELS[y])
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         figures.append((f"{y} against {x}", fig))
     return figures
 
@@ -148,7 +149,11 @@ def render(*, name: str, results: Sequence[Any], front: Any, teacher: Mapping, b
     counts = {"complete": 0, "infeasible": 0, "stopped at structure": 0, "stopped early": 0,
               "failed": 0}
     reasons: dict[str, int] = {}
+    broken: dict[str, int] = {}
     for r in results:
+        for limit, over in r.constraints.items():
+            if over > 0 and r.state == "complete":
+                broken[limit] = broken.get(limit, 0) + 1
         if r.state == "failed":
             counts["failed"] += 1
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
@@ -170,6 +175,8 @@ def render(*, name: str, results: Sequence[Any], front: Any, teacher: Mapping, b
     plots += (f"<figure>{_svg(hypervolume_plot(history))}<figcaption>hypervolume over trials"
               f"</figcaption></figure>") if history else ""
     reason_items = "".join(f"<li>{esc(reason)} ({n})</li>" for reason, n in reasons.items())
+    broken_items = "".join(f"<li>{esc(limit)} over its limit: {n} trial(s)</li>"
+                           for limit, n in sorted(broken.items()))
     front_html = front_table(front, teacher) if front.members else (
         "<p><b>No trial met the budget.</b> See trials.csv for the limits each broke.</p>")
     return f"""<!DOCTYPE html>
@@ -185,6 +192,7 @@ timed passes; memory the bytes of the packed stored model.</p>
 {front_html}
 <h2>Plots</h2><div class="plots">{plots}</div>
 <h2>Trials</h2><ul>{"".join(f"<li>{esc(k)}: {v}</li>" for k, v in counts.items())}</ul>
+{f"<h3>Why trials were infeasible</h3><ul>{broken_items}</ul>" if broken_items else ""}
 {f"<h3>Failure reasons</h3><ul>{reason_items}</ul>" if reason_items else ""}
 <script>{_SCRIPT}</script>
 </body></html>
