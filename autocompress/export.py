@@ -147,6 +147,7 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         "study": record["name"], "trial": trial, "format": fmt,
         "choices": dict(Plan.from_dict(_plan_of(folder, record, trial)).choices),
         "input_shape": [None, *example.shape[1:]],
+        "preprocessing": task.preprocessing,
         "recorded": recorded, "remeasured": metrics, "measurement": measurement,
         "versions": {"torch": torch.__version__, "autocompress": __import__("autocompress")
                      .__version__},

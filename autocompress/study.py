@@ -97,7 +97,8 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
         write_atomic(card, json.dumps({"recipe": recipe}))  # metrics follow once measured
         progress(f"teacher {spec.teacher}: trained in {time.perf_counter() - started:.1f} s")
     teacher.eval()
-    return Task(f"{spec.dataset}/{spec.teacher}", teacher, data.train, data.val, data.test)
+    return Task(f"{spec.dataset}/{spec.teacher}", teacher, data.train, data.val, data.test,
+                preprocessing=data.preprocessing)
 
 
 def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Progress,

@@ -34,3 +34,14 @@ def test_digits_shapes():
     digits = load_dataset("digits")
     assert digits.input_shape == (1, 8, 8)
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+
+
+def test_recorded_preprocessing_turns_raw_pixels_into_model_inputs():
+    from autocompress.tasks.data import _load_mnist5k
+
+    data = load_dataset("mnist5k")
+    steps = data.preprocessing
+    raw = torch.as_tensor(_load_mnist5k()[0] * steps["divide_by"], dtype=torch.float32)
+    made = (raw / steps["divide_by"] - steps["subtract"]) / steps["then_divide_by"]
+    first = data.test.x[0]
+    assert float((made - first).abs().flatten(1).max(dim=1).values.min()) < 1e-4

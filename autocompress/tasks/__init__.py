@@ -64,6 +64,7 @@ class Task:
     metric: Metric = field(default=accuracy)
     example_input: torch.Tensor | None = None
     student_factory: Callable[..., nn.Module] | None = None
+    preprocessing: dict | None = None  # raw input -> model input, recorded with exports
 
     def __post_init__(self) -> None:
         self.train = _materialise(self.train)

