@@ -87,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="write a trial's compressed model to a file, re-verified",
         description="Rebuild trial N's compressed model from its recorded plan and the weights "
                     "the search kept (models/trial_N.acpk), measure it again, and write it. "
-                    "Refuses (exit 2, nothing written) when the validation accuracy differs "
-                    "from the recorded one by more than half a point.")
+                    "Refuses (exit 2, nothing written) when validation or test accuracy "
+                    "differs from the recorded value by more than half a point.")
     export.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
     export.add_argument("--trial", type=int, required=True, metavar="N",
                         help="the trial number (see pareto.csv)")
