@@ -10,6 +10,7 @@ from __future__ import annotations
 from autocompress.budget import Budget
 from autocompress.config import StudyConfig, load_study
 from autocompress.errors import AutocompressError, ConfigError, TrialError
+from autocompress.export import export_trial
 from autocompress.pareto import ParetoFront, non_dominated, pareto_front
 from autocompress.plan import Plan
 from autocompress.report.outputs import write_report
@@ -32,6 +33,7 @@ __all__ = [
     "Task",
     "TrialError",
     "TrialResult",
+    "export_trial",
     "load_study",
     "non_dominated",
     "pareto_front",

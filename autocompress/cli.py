@@ -8,7 +8,6 @@ import time
 from collections.abc import Sequence
 
 import autocompress
-from autocompress.report.tables import format_front, format_no_front
 
 DESCRIPTION = """\
 Find the best compressed versions of a PyTorch model: a joint search over pruning,
@@ -135,9 +134,9 @@ def _search(args: argparse.Namespace) -> int:
               f"hypervolume {outcome.front.hypervolume:.4f}. Validation accuracy; latency at "
               f"batch {config.measure.batch_size}, {config.measure.threads} thread(s), "
               f"{config.measure.runtime}; memory = packed stored form.")
-        print(format_front(outcome.front, list(outcome.space.searched)))
+        print(outcome.front_table())
     else:
-        print(format_no_front(results))
+        print(outcome.front_table())
     print(f"\nwritten to {outcome.out_dir}/: report.html, pareto.csv, pareto.json, pareto.png, "
           "trials.csv, study.json, study.db, teacher.json")
     return 0
@@ -167,9 +166,7 @@ def _study_folder(study: str, out: str | None):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from autocompress.export import export_trial
-
-    card = export_trial(_study_folder(args.study, args.study_out), args.trial,
+    card = autocompress.export_trial(_study_folder(args.study, args.study_out), args.trial,
                         fmt=args.format, out=args.out)
     again = card["remeasured"]
     print(f"trial {args.trial} written to {args.out} ({args.format}); re-measured: validation "
@@ -180,9 +177,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _spaces() -> int:
-    from autocompress.config import PROJECT_ROOT
-
-    for name, summary in autocompress.shipped_spaces(PROJECT_ROOT / "search_spaces"):
+    for name, summary in autocompress.shipped_spaces():
         print(f"{name:<20} {summary}")
     return 0
 

@@ -140,8 +140,11 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
     return Dimension(name, "fixed", values=(spec,))
 
 
-def shipped_spaces(folder: Path) -> list[tuple[str, str]]:
-    """(name, first comment line) of every ``*.yaml`` space in ``folder``."""
+SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def shipped_spaces(folder: Path = SHIPPED) -> list[tuple[str, str]]:
+    """(name, first comment line) of every ``*.yaml`` space in ``folder`` (the shipped ones)."""
     found = []
     for path in sorted(Path(folder).glob("*.yaml")):
         first = next((line.lstrip("# ").rstrip() for line in path.read_text().splitlines()

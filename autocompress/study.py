@@ -30,6 +30,8 @@ from autocompress.report.outputs import write_report
 from autocompress.report.tables import (
     describe_metrics,
     describe_result,
+    format_front,
+    format_no_front,
     results_dataframe,
 )
 from autocompress.report.validate import budget_verdict, most_compressed_plan, space_size
@@ -65,6 +67,12 @@ class StudyOutcome:
 
     def trials_dataframe(self) -> pd.DataFrame:
         return results_dataframe(self.results)
+
+    def front_table(self) -> str:
+        """The front as text beside the teacher, or, with no feasible trial, the closest misses."""
+        if self.front.members:
+            return format_front(self.front, list(self.space.searched))
+        return format_no_front(self.results)
 
 
 def _quiet(_: str) -> None:
