@@ -29,6 +29,7 @@ from autocompress import packing
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
 from autocompress.errors import AutocompressError, ConfigError
 from autocompress.files import write_atomic
+from autocompress.measure import pack_model
 from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
 from autocompress.plan import Plan
 from autocompress.study import builtin_task
@@ -168,8 +169,7 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         _check_onnx(out / "model.onnx", model, task.val.x[:256], card["onnx_int8"])
     else:
         card["architecture"] = describe_layers(model)
-        write_atomic(out / "model.acpk", packing.pack_state_dict(
-            model.state_dict(), _bits(model), _asymmetric(model)))
+        write_atomic(out / "model.acpk", pack_model(model))
         shutil.copyfile(packing.__file__, out / "acpk.py")
         write_atomic(out / "load_model.py", _LOADER)
         card["load"] = "from load_model import load_model; model = load_model()"
@@ -181,18 +181,6 @@ def _plan_of(folder: Path, record: dict, trial: int) -> dict:
     study = optuna.load_study(study_name=record["name"],
                               storage=f"sqlite:///{(folder / 'study.db').resolve()}")
     return study.trials[trial].user_attrs["plan"]
-
-
-def _bits(model: nn.Module) -> dict[str, int]:
-    from autocompress.measure.memory import stored_bits
-
-    return stored_bits(model)
-
-
-def _asymmetric(model: nn.Module) -> list[str]:
-    from autocompress.measure.memory import asymmetric_weights
-
-    return asymmetric_weights(model)
 
 
 def _check_onnx(path: Path, model: nn.Module, inputs: torch.Tensor, int8: bool) -> None:

@@ -6,17 +6,13 @@ import copy
 
 import pytest
 import torch
+from helpers import ctx_for
 from torch import nn
 
 from autocompress.plan import Plan
 from autocompress.techniques import prune
-from autocompress.techniques.common import Context, bake, count_parameters, weight_layers
+from autocompress.techniques.common import bake, count_parameters, weight_layers
 from autocompress.techniques.importance import accumulate_gradients, criterion
-
-
-def ctx_for(teacher, digits, **kw) -> Context:
-    return Context(teacher=teacher, train_x=digits.train.x, train_y=digits.train.y,
-                   example_input=digits.train.x[:1], **kw)
 
 
 def zeros_per_layer(model) -> dict[str, int]:

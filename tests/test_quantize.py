@@ -4,17 +4,13 @@ import copy
 
 import pytest
 import torch
+from helpers import ctx_for
 
 from autocompress.measure import stored_bytes
 from autocompress.packing import pack_state_dict, unpack_state_dict
 from autocompress.plan import Plan
 from autocompress.techniques import distill, prune, quantize
-from autocompress.techniques.common import Context, bake, weight_layers
-
-
-def ctx_for(teacher, digits, **kw) -> Context:
-    return Context(teacher=teacher, train_x=digits.train.x, train_y=digits.train.y,
-                   example_input=digits.train.x[:1], **kw)
+from autocompress.techniques.common import bake, weight_layers
 
 
 @pytest.mark.parametrize("bits", [2, 3, 5, 6, 8])

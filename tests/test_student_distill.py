@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ctx_for
 from torch import nn
 
 from autocompress.errors import TrialError
 from autocompress.plan import Plan
 from autocompress.tasks import accuracy
 from autocompress.techniques import distill, student
-from autocompress.techniques.common import Context, weight_layers
-
-
-def ctx_for(teacher, digits, **kw) -> Context:
-    return Context(teacher=teacher, train_x=digits.train.x, train_y=digits.train.y,
-                   example_input=digits.train.x[:1], **kw)
+from autocompress.techniques.common import weight_layers
 
 
 def test_dropping_a_layer_bridges_it_linearly_and_keeps_layer_names(mlp_teacher):

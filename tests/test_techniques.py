@@ -6,23 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ctx_for
 
 from autocompress.plan import Plan
 from autocompress.tasks import accuracy
 from autocompress.techniques import prune, quantize, student
-from autocompress.techniques.common import Context, bake, weight_layers
+from autocompress.techniques.common import bake, weight_layers
 from autocompress.techniques.distill import kd_loss
-
-
-def context(teacher, digits, **kw) -> Context:
-    return Context(teacher=teacher, train_x=digits.train.x, train_y=digits.train.y,
-                   example_input=digits.train.x[:1], **kw)
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.37, 0.9, 0.99])
 def test_global_pruning_gives_exactly_the_asked_sparsity(mlp_teacher, digits, ratio):
     model = prune.apply(copy.deepcopy(mlp_teacher), Plan({"prune.ratio": ratio}),
-                        context(mlp_teacher, digits))
+                        ctx_for(mlp_teacher, digits))
     total = sum(m.weight.numel() for _, m in weight_layers(model))
     zeros = sum(int((m.weight == 0).sum()) for _, m in weight_layers(model))
     assert zeros == round(ratio * total)
@@ -34,7 +30,7 @@ def test_global_pruning_gives_exactly_the_asked_sparsity(mlp_teacher, digits, ra
 
 def test_masks_survive_training_and_baking(mlp_teacher, digits):
     model = prune.apply(copy.deepcopy(mlp_teacher), Plan({"prune.ratio": 0.8}),
-                        context(mlp_teacher, digits))
+                        ctx_for(mlp_teacher, digits))
     before = [m.weight == 0 for _, m in weight_layers(model)]
     optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
     F.cross_entropy(model(digits.train.x), digits.train.y).backward()
@@ -48,7 +44,7 @@ def test_masks_survive_training_and_baking(mlp_teacher, digits):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_quantized_layers_hold_at_most_2_to_the_b_values_per_channel(cnn_teacher, digits, bits):
     model = quantize.apply(copy.deepcopy(cnn_teacher), Plan({"quantize.bits": bits}),
-                           context(cnn_teacher, digits))
+                           ctx_for(cnn_teacher, digits))
     bake(model)
     for _, layer in weight_layers(model):
         assert quantize.levels_per_channel(layer.weight) <= 2**bits

@@ -74,9 +74,8 @@ def scatter_plots(results: Sequence[Any], front: Any, budget: Any, teacher: Mapp
     members = {m.number for m in front}
     done = [r for r in results if r.ok]
     figures = []
-    pairs = [(b, a) if b != "accuracy" and a == "accuracy" else (a, b)
-             for a, b in itertools.combinations(names, 2)]
-    pairs = [(x, y) if y == "accuracy" or x != "accuracy" else (y, x) for x, y in pairs]
+    # accuracy always on the y axis
+    pairs = [(b, a) if a == "accuracy" else (a, b) for a, b in itertools.combinations(names, 2)]
     pairs.sort(key=lambda p: (p[1] != "accuracy", p[0] != "memory_bytes"))  # the main one first
     for x, y in pairs:
         fig, ax = plt.subplots(figsize=(4.6, 3.6))

@@ -1,0 +1,11 @@
+"""Small helpers shared by the technique tests."""
+
+from __future__ import annotations
+
+from autocompress.techniques.common import Context
+
+
+def ctx_for(teacher, digits, **kw) -> Context:
+    """A trial context over the digits training split."""
+    return Context(teacher=teacher, train_x=digits.train.x, train_y=digits.train.y,
+                   example_input=digits.train.x[:1], **kw)
