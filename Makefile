@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := ray,nni,onnx,pruning,plot,dev
+EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres
 
-.PHONY: install demo test test-slow lint clean-studies chromium
+.PHONY: install demo test test-slow lint clean-studies chromium postgres
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/autocompress search studies/quickstart.yaml
 
-test: install chromium
+test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: install
@@ -39,3 +39,11 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
 		echo "chromium could not be installed: the report rendering test will be skipped"; }
+
+# The RDBStorage tests start a throwaway PostgreSQL server (Debian's package, whose binaries live
+# in /usr/lib/postgresql/<ver>/bin, off PATH); where it cannot be installed they are skipped.
+postgres:
+	@{ command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 || \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 || \
+		echo "postgresql could not be installed: the PostgreSQL storage tests will be skipped"; }

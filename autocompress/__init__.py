@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from autocompress.budget import Budget
 from autocompress.config import StudyConfig, load_study
-from autocompress.errors import AutocompressError, ConfigError, TrialError
+from autocompress.errors import (
+    AutocompressError,
+    ConfigError,
+    Interrupted,
+    SearchStopped,
+    TooManyFailures,
+    TrialError,
+)
 from autocompress.export import export_trial
 from autocompress.pareto import ParetoFront, non_dominated, pareto_front
 from autocompress.plan import Plan
@@ -25,12 +32,15 @@ __all__ = [
     "AutocompressError",
     "Budget",
     "ConfigError",
+    "Interrupted",
     "ParetoFront",
     "Plan",
     "SearchSpace",
+    "SearchStopped",
     "StudyConfig",
     "StudyOutcome",
     "Task",
+    "TooManyFailures",
     "TrialError",
     "TrialResult",
     "export_trial",

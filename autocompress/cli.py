@@ -31,10 +31,16 @@ The teacher is trained (or loaded from its cache) as for a search.
 """
 
 SEARCH_HELP = """\
-Run the study a YAML file describes; running it again resumes it and adds trials.
+Run the study a YAML file describes until it holds `trials` finished trials.
 The study file names the task (dataset and teacher), the search space file, the
 objectives, the measurement settings (batch size, threads), trials, sampler and seed.
 At the end the Pareto front is printed beside the teacher's own figures.
+
+Nothing is lost: every trial is stored as it finishes. Running the same command
+again resumes the study; trials that were running when it was killed are marked
+failed and their choices retried. Ctrl-C stops after saying what was saved.
+--jobs N runs N worker processes on one study; --storage URL (any SQLAlchemy URL,
+e.g. postgresql://user@host/db) lets workers on several machines share it.
 """
 
 
@@ -51,12 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     search.add_argument("study", metavar="STUDY.yaml", help="the study file to run")
     search.add_argument("--trials", type=int, metavar="N",
-                        help="trials to add in this run (default: the study file's `trials`)")
+                        help="finished trials the study should hold; a study that holds fewer "
+                             "runs the rest (default: the study file's `trials`)")
     search.add_argument("--seed", type=int, metavar="S",
                         help="seed of the sampler and of every trial (default: the file's `seed`)")
     search.add_argument("--out", metavar="DIR",
                         help="output folder (default: studies/<name>/ under the current folder)")
     search.add_argument("--quiet", action="store_true", help="print only the final front")
+    search.add_argument("--jobs", type=int, metavar="N",
+                        help="worker processes on this machine sharing the study (default 1)")
+    search.add_argument("--storage", metavar="URL",
+                        help="Optuna storage as a SQLAlchemy URL (default: sqlite:///"
+                             "<out>/study.db); PostgreSQL lets several machines share a study")
     search.add_argument("--backend", choices=("optuna", "ray"),
                         help="run trials in this process (optuna, the default) or on Ray Tune")
     search.add_argument("--address", metavar="ADDR",
@@ -112,22 +124,32 @@ def _search(args: argparse.Namespace) -> int:
             raise autocompress.ConfigError("command line", f"--{flag}", value,
                                            "an integer >= 1" if flag == "trials" else ">= 0")
     backend = "ray" if args.address else args.backend
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise autocompress.ConfigError("command line", "--jobs", args.jobs,
+                                       "an integer in [1, 64]")
+    if args.storage is not None and "://" not in args.storage:
+        raise autocompress.ConfigError("command line", "--storage", args.storage,
+                                       "a SQLAlchemy URL such as sqlite:///path/study.db")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise autocompress.ConfigError("command line", "--max-concurrent", args.max_concurrent,
                                        "an integer >= 1")
     config = autocompress.load_study(args.study).with_overrides(
-        trials=args.trials, seed=args.seed, backend=backend, ray_address=args.address,
+        trials=args.trials, seed=args.seed, backend=backend, jobs=args.jobs,
+        storage=args.storage, ray_address=args.address,
         ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
     progress = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)
-    failed = sum(r.state == "failed" for r in outcome.results)
     results = outcome.results
+    interrupted = sum(r.state == "failed" and r.reason.startswith("interrupted") for r in results)
+    failed = sum(r.state == "failed" for r in results) - interrupted
     structure = sum(r.stopped_at == "structure" for r in results)
     early = sum(r.state == "pruned" for r in results)
     infeasible = sum(r.state == "complete" and not r.feasible for r in results)
     print(f"\n{len(results)} trials ({infeasible} infeasible, {structure} of them stopped at "
-          f"structure without training; {early} stopped early; {failed} failed), "
+          f"structure without training; {early} stopped early; {failed} failed"
+          + (f"; {interrupted} interrupted by a stopped search, then retried" if interrupted
+             else "") + "), "
           f"{time.perf_counter() - started:.0f} s this run.")
     if outcome.front.members:
         print(f"Pareto front of study {config.name!r}: {len(outcome.front)} feasible members, "
@@ -194,12 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         return _search(args)
+    except autocompress.SearchStopped as exc:
+        print(f"\nautocompress: {exc}", file=sys.stderr)
+        return exc.exit_code
     except autocompress.AutocompressError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nautocompress: interrupted; finished trials are kept in the study's study.db "
-              "and the same command resumes it", file=sys.stderr)
+        print("\nautocompress: interrupted before any trial ran; nothing to resume",
+              file=sys.stderr)
         return 130
 
 

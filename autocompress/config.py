@@ -27,7 +27,7 @@ from autocompress.budget import Budget
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
 from autocompress.files import read_yaml
 from autocompress.tasks import DATASETS, TEACHERS
-from autocompress.units import parse_bytes, parse_ms
+from autocompress.units import parse_bytes, parse_ms, parse_seconds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("nsga2", "tpe", "random", "qmc", "auto")
@@ -45,6 +45,7 @@ class TaskConfig:
     dataset: str = "mnist5k"
     teacher: str = "lenet300"
     teacher_epochs: int = 15
+    checkpoint: str | None = None  # trained weights of the teacher (a state_dict) to use as is
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,12 @@ class StudyConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    trials: int = 20
+    trials: int = 20             # finished trials the study should hold: a rerun completes it
     sampler: str = "nsga2"
     seed: int = 0
+    trial_timeout: float | None = None   # seconds; a trial running longer fails
+    storage: str | None = None   # SQLAlchemy URL; default sqlite:///<out>/study.db
+    jobs: int = 1                # worker processes on this machine sharing the study
     source: str = "<dict>"
 
     def with_overrides(self, **changes: object) -> StudyConfig:
@@ -159,6 +163,15 @@ def _task(where: str, data: object) -> TaskConfig:
         if value not in allowed:
             hint = did_you_mean(str(value), allowed)
             raise ConfigError(where, f"task.{key}", value, f"one of {', '.join(allowed)}{hint}")
+    if task.checkpoint is not None:
+        given = Path(str(task.checkpoint))
+        beside = Path(where).parent / given
+        found = given if given.is_file() else beside if beside.is_file() else None
+        if found is None:
+            raise ConfigError(where, "task.checkpoint", task.checkpoint,
+                              f"an existing file holding a state_dict of {task.teacher} "
+                              f"(saved with torch.save)")
+        task = replace(task, checkpoint=str(found))
     return task
 
 
@@ -290,6 +303,20 @@ def study_from_dict(
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(where, "seed", seed, "an integer >= 0")
+    timeout = data.get("trial_timeout")
+    if timeout is not None:
+        try:
+            timeout = parse_seconds(timeout)
+        except ValueError:
+            timeout = -1.0
+        if timeout <= 0:
+            raise ConfigError(where, "trial_timeout", data.get("trial_timeout"),
+                              "a positive duration such as 90s, 10min or 1h")
+    storage = data.get("storage")
+    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
+        raise ConfigError(where, "storage", storage,
+                          "a SQLAlchemy URL such as sqlite:///studies/x.db or "
+                          "postgresql://user@host:5432/db")
     return StudyConfig(
         name=name,
         task=_task(where, data.get("task")),
@@ -304,6 +331,9 @@ def study_from_dict(
         trials=_int(where, "trials", data.get("trials", 20), 1),
         sampler=sampler,
         seed=seed,
+        trial_timeout=timeout,
+        storage=storage,
+        jobs=_int(where, "jobs", data.get("jobs", 1), 1, 64),
         source=where,
     )
 

@@ -31,6 +31,21 @@ class ConfigError(AutocompressError, ValueError):
         super().__init__(f"{location}: got {got!r}, expected {expected}")
 
 
+class SearchStopped(AutocompressError):
+    """A search ended before its trials were done; what finished is saved. ``exit_code`` for
+    the CLI: 130 after Ctrl-C, 1 when too many trials failed."""
+
+    exit_code = 1
+
+
+class Interrupted(SearchStopped):
+    exit_code = 130
+
+
+class TooManyFailures(SearchStopped):
+    """More than half of a study's first trials failed: something is wrong, not unlucky."""
+
+
 class TrialError(AutocompressError):
     """A trial failed for a reason worth recording (bad numbers, a broken model)."""
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from autocompress import packing
+from autocompress.backends.storage import load_recorded_study
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
 from autocompress.errors import AutocompressError, ConfigError
 from autocompress.files import write_atomic
@@ -100,8 +101,7 @@ def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict
     record = json.loads((folder / "study.json").read_text())
     if not record.get("task"):
         raise ExportError("this study's teacher came through the Python API: export it there")
-    study = optuna.load_study(study_name=record["name"],
-                              storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    study = load_recorded_study(folder, record)
     trials = {t.number: t for t in study.trials}
     if trial_number not in trials:
         raise ConfigError(str(folder), "--trial", trial_number,
@@ -178,8 +178,7 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
 
 
 def _plan_of(folder: Path, record: dict, trial: int) -> dict:
-    study = optuna.load_study(study_name=record["name"],
-                              storage=f"sqlite:///{(folder / 'study.db').resolve()}")
+    study = load_recorded_study(folder, record)
     return study.trials[trial].user_attrs["plan"]
 
 

@@ -22,7 +22,7 @@ def read_yaml(path: str | Path, *, what: str) -> object:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}{at}", None, problem, f"a valid YAML {what}") from None
+        raise ConfigError(f"{path}{at}", None, problem, f"a valid {what}") from None
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

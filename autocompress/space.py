@@ -164,10 +164,11 @@ class SearchSpace:
     def from_dict(cls, data: object, *, where: str = "<dict>") -> SearchSpace:
         known = parameters()
         sections = sorted({name.split(".")[0] for name in known})
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping | None):
             raise ConfigError(where, None, type(data).__name__, "a mapping of technique sections")
+        if not data:
+            raise ConfigError(where, None, "an empty search space",
+                              f"at least one technique section ({', '.join(sections)})")
         dims = {
             name: Dimension(name, "fixed", values=(param.default,))
             for name, param in known.items()

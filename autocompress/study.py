@@ -8,6 +8,7 @@ Running a study again adds trials to the stored study; it never starts over.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -16,15 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import torch
 from torch import nn
 
 from autocompress.backends import optuna_backend
+from autocompress.backends.parallel import run_workers
+from autocompress.backends.storage import (
+    abandoned,
+    count_finished,
+    default_url,
+    display,
+    fail_dead_trials,
+    open_storage,
+    requeue_abandoned,
+    retried,
+)
 from autocompress.budget import Budget, feasible
 from autocompress.config import StudyConfig, resolve_space
-from autocompress.errors import ConfigError
+from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import write_atomic
+from autocompress.measure.peak import available_memory_bytes
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
 from autocompress.report.outputs import write_report
 from autocompress.report.tables import (
@@ -49,6 +63,7 @@ from autocompress.trial import (
     measure_structure,
     run_trial,
 )
+from autocompress.units import format_bytes
 
 Progress = Callable[[str], None]
 TEACHER_SEED = 0  # one teacher per task, whatever the study's seed
@@ -90,8 +105,12 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
         "dataset": spec.dataset, "teacher": spec.teacher, "teacher_epochs": spec.teacher_epochs
     }
     cached = weights.is_file() and card.is_file()
-    if cached and json.loads(card.read_text()).get("recipe") == recipe:
-        teacher.load_state_dict(torch.load(weights, weights_only=True))
+    if spec.checkpoint:
+        _load_weights(teacher, Path(spec.checkpoint), where=config.source,
+                      field="task.checkpoint")
+        progress(f"teacher {spec.teacher}: weights from {spec.checkpoint}")
+    elif cached and json.loads(card.read_text()).get("recipe") == recipe:
+        _load_weights(teacher, weights, where=str(weights), field=None)
         progress(f"teacher {spec.teacher}: loaded from {weights}")
     else:
         progress(f"teacher {spec.teacher}: training on {spec.dataset} "
@@ -109,22 +128,91 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
                 preprocessing=data.preprocessing)
 
 
-def _trial_line(total: int, count: list[int], space: SearchSpace, progress: Progress,
-                out: Path | None = None):
+def _load_weights(model: nn.Module, path: Path, *, where: str, field: str | None) -> None:
+    """``torch.load(weights_only=True)`` into ``model``; a corrupt or mismatched file is one
+    ConfigError line (a cached teacher.pt is retrained once deleted)."""
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        fix = "; delete it and the teacher is trained again" if field is None else ""
+        raise ConfigError(where, field, f"{path}: {type(exc).__name__}: {detail}",
+                          f"a state_dict of the teacher's architecture saved with "
+                          f"torch.save{fix}") from None
+
+
+def _trial_line(total: int, done: int, space: SearchSpace, progress: Progress,
+                out: Path | None = None, prefix: str = "",
+                finished: Callable[[], int] | None = None):
     """Prints a line per trial and keeps each finished model's packed weights in
-    ``models/trial_<N>.acpk`` (what ``autocompress export`` loads)."""
+    ``models/trial_<N>.acpk`` (what ``autocompress export`` loads). ``finished()`` counts the
+    study's finished trials when other workers add to them too."""
     searched = list(space.searched)
+    count = [done]
 
     def report(result: TrialResult) -> None:
         if result.packed is not None and out is not None:
             write_atomic(out / "models" / f"trial_{result.number}.acpk", result.packed)
-        count[0] += 1
+        count[0] = max(count[0], finished() if finished else 0) + 1
         choices = " ".join(f"{n.split('.')[-1]}={result.plan.get(n)!s:.5}" for n in searched)
-        head = f"trial {count[0]}/{total} (#{result.number})"
+        head = f"{prefix}trial {count[0]}/{total} (#{result.number})"
         body = describe_result(result)
         progress(f"{head}  {body}  [{choices}]  {result.duration_s:.1f} s")
 
     return report
+
+
+@dataclass
+class _Search:
+    """Everything a process needs to run trials of one study (pickled to ``--jobs`` workers)."""
+
+    config: StudyConfig
+    task: Task
+    space: SearchSpace
+    storage_url: str
+    out: Path
+    teacher_metrics: dict[str, float]
+    need_peak: bool
+
+    def runner(self, outputs: TeacherOutputs):
+        config = self.config
+
+        def run(plan, *, should_stop=None, on_epoch=None):
+            return run_trial(plan, self.task, teacher_outputs=outputs, finetune=config.finetune,
+                             measure=config.measure, budget=config.budget,
+                             teacher_metrics=self.teacher_metrics, need_peak=self.need_peak,
+                             should_stop=should_stop, on_epoch=on_epoch,
+                             timeout_s=config.trial_timeout)
+
+        return run
+
+    def run_trials(self, index: int, quota: int, *, progress: Progress = print,
+                   outputs: TeacherOutputs | None = None) -> None:
+        """Run ``quota`` trials (fewer once the study is complete) in this process."""
+        config = self.config
+        storage = open_storage(self.storage_url, where=config.source)
+        study = optuna_backend.open_study(
+            storage, config.name, config.objectives, sampler_name=config.sampler,
+            seed=config.seed + 7919 * index, n_trials=config.trials)
+        outputs = outputs or TeacherOutputs.of(self.task.teacher, self.task.train.x)
+        early = (optuna_backend.EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
+                 if config.pruner != "none" else None)
+        prefix = f"[worker {index}] " if config.jobs > 1 else ""
+        optuna_backend.optimize(
+            study, self.space, self.runner(outputs), n_trials=quota, target=config.trials,
+            seed=config.seed, objectives=config.objectives,
+            constraint_names=config.budget.constraint_names(),
+            stand_in={**self.teacher_metrics, "accuracy": 0.0}, early_stopping=early,
+            on_result=_trial_line(config.trials, count_finished(study), self.space, progress,
+                                  self.out, prefix, finished=lambda: count_finished(study)))
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _run_worker(search: _Search, index: int, quota: int) -> None:
+    search.run_trials(index, quota, progress=_print_line)
 
 
 def run_study(
@@ -136,11 +224,14 @@ def run_study(
     progress: Progress = _quiet,
     ray_settings: Mapping[str, Any] | None = None,
 ) -> StudyOutcome:
-    """Run ``config.trials`` more trials of the study and return its front over all trials.
+    """Run the study until it holds ``config.trials`` finished trials; return its front.
 
-    ``config.backend`` picks Optuna in this process or Ray Tune; ``ray_settings`` passes extra
-    worker settings on Ray (``pid_dir``: a folder where each trial's worker leaves its process
-    id, so a test can kill one).
+    A study that exists (same name, same storage) is resumed: trials that were running when a
+    search was killed or interrupted are retried, finished ones are kept. ``config.backend``
+    picks Optuna in this process (``config.jobs`` worker processes) or Ray Tune;
+    ``ray_settings`` passes extra worker settings on Ray (``pid_dir``: a folder where each
+    trial's worker leaves its process id, so a test can kill one). Ctrl-C or too many failing
+    trials raise :class:`SearchStopped` after the outputs of the finished trials are written.
     """
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
@@ -148,10 +239,25 @@ def run_study(
     if config.measure.device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(config.source, "budget.device", config.measure.device,
                           "cpu: torch sees no CUDA device on this machine")
+    check_memory_budget(config)
+    if task is not None:
+        task.check_forward(where=config.source)
+    storage = open_storage(config.storage, where=config.source) if config.storage else None
     out.mkdir(parents=True, exist_ok=True)
     builtin = task is None
     if task is None:
         task = builtin_task(config, out, progress)
+    space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
+    url = config.storage or default_url(out)
+    storage = storage or open_storage(url, where=config.source)
+    study = optuna_backend.open_study(  # refuses a stored study of this name with other settings
+        storage, config.name, config.objectives, sampler_name=config.sampler, seed=config.seed,
+        n_trials=config.trials, where=config.source,
+        settings={"task": dataclasses.asdict(config.task) if builtin else task.name,
+                  "space": space.describe(), "budget": config.budget.to_dict(),
+                  "measure": dataclasses.asdict(config.measure),
+                  "finetune": dataclasses.asdict(config.finetune)},
+    )
     need_peak = needs_peak_memory(config)
     teacher_metrics = measure_teacher(task, config, out, need_peak=need_peak)
     progress(f"teacher: {describe_metrics(teacher_metrics)}  "
@@ -159,51 +265,82 @@ def run_study(
              f"{config.measure.runtime})")
     for line in config.budget.describe(teacher_metrics["accuracy"]):
         progress(f"budget: {line}")
+    search = _Search(config, task, space, url, out, teacher_metrics, need_peak)
+    try:
+        _resume(study, config, progress)
+        remaining = config.trials - count_finished(study)
+        if remaining <= 0:
+            progress(f"study {config.name!r} already holds {count_finished(study)} finished "
+                     f"trials (trials: {config.trials}); raise --trials to run more")
+        elif config.backend == "ray":
+            _run_on_ray(search, remaining, progress, ray_settings)
+        elif config.jobs > 1:
+            progress(f"running {remaining} trials in {config.jobs} worker processes")
+            run_workers(functools.partial(_run_worker, search), remaining=remaining,
+                        jobs=config.jobs, where=config.source)
+        else:
+            search.run_trials(0, remaining, progress=progress,
+                              outputs=TeacherOutputs.of(task.teacher, task.train.x))
+    except (KeyboardInterrupt, SearchStopped) as stop:
+        outcome = _finish(search, study, builtin)
+        if isinstance(stop, SearchStopped):
+            raise
+        abandoned_now = [t.number for t in abandoned(study) if t.number not in retried(study)]
+        raise Interrupted(
+            f"interrupted: {count_finished(study)} finished trials are saved in {url_hint(url)} "
+            f"and the outputs in {outcome.out_dir}/ cover them; "
+            + (f"trial(s) {abandoned_now} were running and will be retried; "
+               if abandoned_now else "")
+            + "the same command resumes the study") from None
+    return _finish(search, study, builtin)
 
-    outputs = TeacherOutputs.of(task.teacher, task.train.x)
-    space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
-    storage = f"sqlite:///{(out / 'study.db').resolve()}"
-    study = optuna_backend.open_study(
-        storage, config.name, config.objectives, sampler_name=config.sampler, seed=config.seed,
-        n_trials=config.trials,
+
+def url_hint(url: str) -> str:
+    return display(url).removeprefix("sqlite:///")
+
+
+def _resume(study: optuna.Study, config: StudyConfig, progress: Progress) -> None:
+    """Fail the trials a killed search left running, and queue their choices again."""
+    finished = count_finished(study)
+    if not study.trials:
+        return
+    dead = fail_dead_trials(study, without_heartbeat=config.backend == "ray")
+    queued = requeue_abandoned(study)
+    progress(f"resuming study {config.name!r}: {finished} finished trials kept"
+             + (f"; trials {dead} were left running by a stopped search" if dead else "")
+             + (f"; retrying the choices of trials {queued}" if queued else ""))
+
+
+def _run_on_ray(search: _Search, remaining: int, progress: Progress,
+                ray_settings: Mapping[str, Any] | None) -> None:
+    from autocompress.backends import ray_backend
+
+    config = search.config
+    progress(f"running on Ray: {config.ray.max_concurrent} trials at a time, "
+             f"{config.ray.cpus_per_trial} CPU(s) each, scheduler {config.ray.scheduler}")
+    ray_backend.optimize(
+        study_name=config.name, storage=search.storage_url, space=search.space,
+        objectives=config.objectives, n_trials=remaining, seed=config.seed,
+        sampler_name=config.sampler, task=search.task,
+        outputs=TeacherOutputs.of(search.task.teacher, search.task.train.x),
+        ray_config=config.ray,
+        settings={"finetune": config.finetune, "measure": config.measure,
+                  "budget": config.budget, "teacher_metrics": search.teacher_metrics,
+                  "need_peak": search.need_peak, "timeout_s": config.trial_timeout,
+                  **(ray_settings or {})},
+        results_dir=search.out / "ray_results",
+        constraint_names=config.budget.constraint_names(),
+        stand_in={**search.teacher_metrics, "accuracy": 0.0},
+        on_result=_trial_line(config.trials, config.trials - remaining, search.space, progress,
+                              search.out),
     )
-    before = len(study.trials)
-    if before:
-        progress(f"resuming study {config.name!r}: {before} trials stored, adding {config.trials}")
-    early = (optuna_backend.EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
-             if config.pruner != "none" else None)
 
-    def run(plan, *, should_stop=None, on_epoch=None):
-        return run_trial(plan, task, teacher_outputs=outputs, finetune=config.finetune,
-                         measure=config.measure, budget=config.budget,
-                         teacher_metrics=teacher_metrics, need_peak=need_peak,
-                         should_stop=should_stop, on_epoch=on_epoch)
 
-    stand_in = {**teacher_metrics, "accuracy": 0.0}
-    report = _trial_line(config.trials, [0], space, progress, out)
-    if config.backend == "ray":
-        from autocompress.backends import ray_backend
-
-        progress(f"running on Ray: {config.ray.max_concurrent} trials at a time, "
-                 f"{config.ray.cpus_per_trial} CPU(s) each, scheduler {config.ray.scheduler}")
-        ray_backend.optimize(
-            study_name=config.name, storage=storage, space=space,
-            objectives=config.objectives, n_trials=config.trials, seed=config.seed,
-            sampler_name=config.sampler, task=task, outputs=outputs, ray_config=config.ray,
-            settings={"finetune": config.finetune, "measure": config.measure,
-                      "budget": config.budget, "teacher_metrics": teacher_metrics,
-                      "need_peak": need_peak, **(ray_settings or {})},
-            results_dir=out / "ray_results",
-            constraint_names=config.budget.constraint_names(), stand_in=stand_in,
-            on_result=report,
-        )
-    else:
-        optuna_backend.optimize(
-            study, space, run, n_trials=config.trials, seed=config.seed,
-            objectives=config.objectives, constraint_names=config.budget.constraint_names(),
-            stand_in=stand_in, early_stopping=early, on_result=report,
-        )
+def _finish(search: _Search, study: optuna.Study, builtin: bool) -> StudyOutcome:
+    """The front over every finished trial, and every output file written (atomically)."""
+    config, out = search.config, search.out
     results = optuna_backend.load_results(study)
+    teacher_metrics = search.teacher_metrics
     front = pareto_front(results, config.objectives, teacher_metrics, config.budget)
     history = hypervolume_history(results, config.objectives, teacher_metrics, config.budget)
     write_atomic(out / "study.json", json.dumps({
@@ -215,9 +352,10 @@ def run_study(
         "task": dataclasses.asdict(config.task) if builtin else None,
         "measure": dataclasses.asdict(config.measure),
         "finetune": dataclasses.asdict(config.finetune),
+        "storage": display(search.storage_url),
     }, indent=2))
     write_report(out)
-    return StudyOutcome(config, out, teacher_metrics, results, front, space)
+    return StudyOutcome(config, out, teacher_metrics, results, front, search.space)
 
 
 def validate_study(
@@ -266,6 +404,22 @@ def validate_study(
     return lines
 
 
+def check_memory_budget(config: StudyConfig) -> None:
+    """Refuse a memory limit above what this machine has free: no model that large could be
+    loaded here to be measured, so the limit would be checked against nothing."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    for field in ("max_memory_bytes", "max_peak_memory_bytes"):
+        limit = getattr(config.budget, field)
+        if limit is not None and limit > available:
+            raise ConfigError(config.source, f"budget.{field}",
+                              format_bytes(limit),
+                              f"at most this machine's available memory "
+                              f"({format_bytes(available)}): a model that large could not be "
+                              f"loaded here to be measured")
+
+
 def needs_peak_memory(config: StudyConfig) -> bool:
     """Peak memory costs a process start per trial: measured only when asked for."""
     return (config.budget.max_peak_memory_bytes is not None
@@ -304,6 +458,9 @@ def search(
     runtime: str = "onnxruntime",
     finetune_epochs: int = 3,
     student_factory: Callable[[Any, nn.Module], nn.Module] | None = None,
+    trial_timeout: float | None = None,
+    jobs: int = 1,
+    storage: str | None = None,
     progress: Progress = print,
 ) -> StudyOutcome:
     """Search compressed versions of your own trained ``teacher``; the study-file path in Python.
@@ -312,15 +469,21 @@ def search(
     ``metric(model, split)`` is maximised (default: accuracy); ``split.x``/``split.y`` are tensors.
     ``space``: a shipped space name, a YAML path, a mapping as in the YAML, or a SearchSpace.
     ``student_factory(plan, teacher)``: builds the student when the teacher is not a flat
-    ``nn.Sequential`` (see :mod:`autocompress.techniques.student`).
+    ``nn.Sequential`` (see :mod:`autocompress.techniques.student`). ``trial_timeout`` (seconds),
+    ``jobs`` (worker processes; the metric and factory must then be module-level functions)
+    and ``storage`` (a SQLAlchemy URL) are as in a study file.
     """
     from autocompress.config import study_from_dict
 
     fields: dict[str, Any] = {
         "name": name, "trials": trials, "seed": seed, "sampler": sampler,
         "measure": {"batch_size": batch_size, "threads": threads, "runtime": runtime},
-        "finetune": {"epochs": finetune_epochs},
+        "finetune": {"epochs": finetune_epochs}, "jobs": jobs,
     }
+    if trial_timeout is not None:
+        fields["trial_timeout"] = trial_timeout
+    if storage is not None:
+        fields["storage"] = storage
     if objectives is not None:
         fields["objectives"] = dict(objectives)
     config = study_from_dict(fields, where="search()")

@@ -231,12 +231,15 @@ def run_trial(
     should_stop: Callable[[int, float], bool] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     train: Callable[[nn.Module, Plan, Context], nn.Module] = distill.apply,
+    timeout_s: float | None = None,
 ) -> TrialResult:
     """Build, check against the budget, fine-tune, bake and measure the model of ``plan``.
 
     ``should_stop(epoch, val_accuracy)`` may end training early (state ``pruned``);
     ``on_epoch(epoch, val_accuracy)`` sees every epoch. ``train`` is the fine-tuning step.
-    Never raises for trial faults: they come back as a failed result with the reason.
+    ``timeout_s`` fails the trial once it has run that long (checked before every training
+    batch and between stages). Never raises for trial faults (any exception, a non-finite loss
+    or metric, the time limit): they come back as a failed result with the reason.
     """
     budget = budget or Budget()
     teacher_accuracy = (teacher_metrics or {}).get("accuracy")
@@ -252,7 +255,9 @@ def run_trial(
     torch.manual_seed(plan.seed)
     try:
         ctx = make_context(task, teacher_outputs, finetune, plan.seed)
+        ctx.time_limit_s = timeout_s
         model = build_compressed(plan, ctx)
+        ctx.check_time()
         metrics, measurement = measure_structure(final_form(model, ctx), task, measure, budget,
                                                  need_peak=need_peak)
         metrics.update(ctx.notes)
@@ -265,12 +270,13 @@ def run_trial(
         except _StopEarly as stop:
             metrics["accuracy"] = stop.accuracy
             return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
+        ctx.check_time()
         model = bake(model)
         packed = pack_model(model)
         metrics["memory_bytes"] = float(len(packed))  # re-measured on the trained weights
         metrics["sparsity"] = sparsity(model)
         metrics.update(measure_accuracy(model, task, measure))
-    except (TrialError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # a trial's fault is recorded; the study goes on
         reason = f"{type(exc).__name__}: {exc}"
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         if last and not isinstance(exc, TrialError):

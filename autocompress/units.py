@@ -1,4 +1,4 @@
-"""Human-style units in study files: ``2ms``, ``100kB``, ``1.5MB``.
+"""Human-style units in study files: ``2ms``, ``100kB``, ``1.5MB``, ``10min``.
 
 Sizes use decimal prefixes (1 kB = 1000 bytes) and binary ones (1 KiB = 1024 bytes) as written.
 """
@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import re
 
-_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+_NUMBER = r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 
 _BYTES = {
     "": 1, "b": 1, "byte": 1, "bytes": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
 _MS = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
+_SECONDS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
 def _parse(value: object, table: dict[str, float], what: str) -> float:
@@ -37,6 +38,11 @@ def parse_bytes(value: object) -> int:
 def parse_ms(value: object) -> float:
     """``"2ms"`` -> 2.0, ``"1s"`` -> 1000.0; plain numbers are milliseconds."""
     return _parse(value, _MS, "a time such as 2ms, 0.5s or 1.5")
+
+
+def parse_seconds(value: object) -> float:
+    """``"10min"`` -> 600.0, ``"90s"`` -> 90.0; plain numbers are seconds."""
+    return _parse(value, _SECONDS, "a duration such as 90s, 10min or 1h")
 
 
 def format_bytes(n: float) -> str:

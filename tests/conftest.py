@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from postgres_server import postgres_url  # noqa: F401  (session fixture, see its docstring)
 
 from autocompress.tasks import TEACHERS, load_dataset
 from autocompress.techniques import distill

@@ -105,3 +105,46 @@ def test_a_killed_worker_is_retried_and_the_study_completes(local_ray, tmp_path)
     final_pids = {t.user_attrs["node"]["pid"] for t in study.trials}
     assert victim not in final_pids  # the killed attempt was replaced by a retry
     assert len(list(pids.iterdir())) >= 2  # the retry ran in a new worker process
+
+
+def test_a_killed_driver_is_resumed_without_losing_a_finished_trial(local_ray, tmp_path):
+    """SIGKILL the driver of a Ray search (and the local Ray it started) mid-study; the same
+    study run again keeps every finished trial and retries the ones left running."""
+    import subprocess
+
+    import yaml
+
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({**STUDY, "name": "driver", "trials": 6,
+                                     "finetune": {"epochs": 4}}))
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "autocompress.cli", "search", str(study),
+                               "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    States = optuna.trial.TrialState
+    deadline, before = time.monotonic() + 240, {}
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="driver",
+                                       storage=f"sqlite:///{out / 'study.db'}").trials
+        except Exception:
+            trials = []
+        if any(t.state == States.COMPLETE for t in trials) and \
+                any(t.state == States.RUNNING for t in trials):
+            break
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait(timeout=30)
+    stored = optuna.load_study(study_name="driver", storage=f"sqlite:///{out / 'study.db'}")
+    before = {t.number: t.values for t in stored.trials if t.state == States.COMPLETE}
+    running = [t.number for t in stored.trials if t.state == States.RUNNING]
+    assert before and running, "the driver was not caught mid-study"
+
+    outcome = autocompress.run_study(study_from_dict(yaml.safe_load(study.read_text())),
+                                     out_dir=out)
+    stored = optuna.load_study(study_name="driver", storage=f"sqlite:///{out / 'study.db'}")
+    assert {n: stored.trials[n].values for n in before} == before
+    retried = {t.user_attrs.get("retry_of") for t in stored.trials}
+    assert set(running) <= retried
+    counted = [r for r in outcome.results if not r.reason.startswith("interrupted")]
+    assert len(counted) == 6

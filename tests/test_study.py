@@ -32,7 +32,7 @@ def two_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     config = study_from_dict(SMALL_STUDY)
     first = autocompress.run_study(config, out_dir=out)
-    second = autocompress.run_study(config.with_overrides(trials=2), out_dir=out)
+    second = autocompress.run_study(config.with_overrides(trials=5), out_dir=out)
     return out, first, second
 
 
@@ -52,7 +52,7 @@ def test_outputs_are_written(two_runs):
     assert list(front.columns) == list(trials.columns) and 1 <= len(front) <= len(trials)
 
 
-def test_second_run_resumes_the_study(two_runs):
+def test_second_run_completes_the_study_to_its_trial_count(two_runs):
     out, first, second = two_runs
     assert len(first.results) == 3 and len(second.results) == 5
     assert [r.number for r in second.results] == [0, 1, 2, 3, 4]

@@ -8,19 +8,31 @@ read back into :class:`TrialResult`\\ s from storage alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 
-from autocompress.errors import ConfigError
+from autocompress.backends.storage import (
+    REASON_ATTR,
+    RETRY_ATTR,
+    count_finished,
+    is_counted,
+    retried,
+)
+from autocompress.errors import ConfigError, TooManyFailures
 from autocompress.plan import Plan
 from autocompress.space import SearchSpace
 from autocompress.trial import COMPLETE, FAILED, PRUNED, TrialResult
 
 PLAN_ATTR, METRICS_ATTR, MEASUREMENT_ATTR = "plan", "metrics", "measurement"
-REASON_ATTR, DURATION_ATTR = "fail_reason", "duration_s"
+DURATION_ATTR = "duration_s"
 CONSTRAINTS_ATTR, STOPPED_ATTR, CURVE_ATTR = "constraints", "stopped_at", "epoch_accuracy"
+SETTINGS_ATTR = "settings"
+FIRST_TRIALS = 10  # more than half of these failing stops the search: a bug, not bad luck
 
 
 @contextlib.contextmanager
@@ -36,6 +48,19 @@ def _optuna_quiet():
 
 class _TrialFailed(Exception):
     """Raised inside the objective so Optuna records the trial as FAIL; the study goes on."""
+
+
+def check_failures(study: optuna.Study) -> None:
+    """Raise :class:`TooManyFailures` once more than half of the first 10 trials failed."""
+    first = sorted((t for t in study.get_trials(deepcopy=False) if is_counted(t)),
+                   key=lambda t: t.number)[:FIRST_TRIALS]
+    failed = [t for t in first if t.state == optuna.trial.TrialState.FAIL]
+    if len(failed) > FIRST_TRIALS // 2:
+        reasons = Counter(t.user_attrs.get(REASON_ATTR, "?") for t in failed).most_common(2)
+        said = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+        raise TooManyFailures(
+            f"stopped: {len(failed)} of the first {len(first)} trials failed, which points to a "
+            f"bug or a broken setup rather than bad luck ({said}); trials.csv has every reason")
 
 
 def make_sampler(name: str, *, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -102,10 +127,16 @@ class EarlyStopping:
 
 
 def open_study(
-    storage: str, name: str, objectives: Mapping[str, str], *, sampler_name: str, seed: int,
-    n_trials: int,
+    storage: optuna.storages.RDBStorage, name: str, objectives: Mapping[str, str], *,
+    sampler_name: str, seed: int, n_trials: int, settings: Mapping[str, Any] | None = None,
+    where: str = "study",
 ) -> optuna.Study:
-    """Create the study, or load it to add trials when it exists (same name, same objectives)."""
+    """Create the study, or load it to add trials when it exists with the same settings.
+
+    ``settings`` (task, space, budget, measurement, fine-tuning) are stored with a new study; a
+    study of the same name stored with other settings is refused, naming the first that differs,
+    because its trials would not be comparable with the new ones.
+    """
     directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
@@ -115,9 +146,16 @@ def open_study(
         stored = list(existing.user_attrs.get("objectives", {}))
         if stored and stored != list(objectives):
             raise ConfigError(
-                storage, "objectives", list(objectives),
-                f"the objectives stored with study {name!r}: {stored} (or use another --out)",
+                where, "objectives", list(objectives),
+                f"the objectives stored with study {name!r}: {stored} (or another name or --out)",
             )
+        kept = existing.user_attrs.get(SETTINGS_ATTR)
+        for key, value in (settings or {}).items():
+            if kept is not None and key in kept and kept[key] != _jsonable(value):
+                raise ConfigError(
+                    where, key, _jsonable(value),
+                    f"the {key} stored with study {name!r} ({kept[key]}), since its trials were "
+                    f"run with it; use another name, --out or --storage for a new study")
     done = len(existing.trials) if existing is not None else 0
     # A resumed study gets a fresh stream of random numbers, so it does not repeat its trials.
     sampler = make_sampler(sampler_name, seed=seed + done, n_trials=n_trials)
@@ -126,8 +164,15 @@ def open_study(
             storage=storage, study_name=name, directions=directions, sampler=sampler,
             load_if_exists=True,
         )
-    study.set_user_attr("objectives", dict(objectives))
+    if existing is None:
+        study.set_user_attr("objectives", dict(objectives))
+        if settings:
+            study.set_user_attr(SETTINGS_ATTR, _jsonable(dict(settings)))
     return study
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 Runner = Callable[..., TrialResult]
@@ -139,6 +184,7 @@ def optimize(
     run: Runner,
     *,
     n_trials: int,
+    target: int | None = None,
     seed: int,
     objectives: Mapping[str, str],
     constraint_names: Sequence[str] = (),
@@ -146,18 +192,21 @@ def optimize(
     early_stopping: EarlyStopping | None = None,
     on_result: Callable[[TrialResult], None] | None = None,
 ) -> None:
-    """Run ``n_trials`` more trials: sample a Plan, ``run(plan, should_stop=, on_epoch=)`` it,
-    record metrics, constraints and state in storage.
+    """Run up to ``n_trials`` trials, fewer once the study holds ``target`` finished ones
+    (counting those running elsewhere): sample a Plan, ``run(plan, should_stop=, on_epoch=)``
+    it, record metrics, constraints and state in storage.
 
     Every trial sets the same constraints (``trial.set_constraint``, ``<= 0`` feasible), so
     NSGA-II and TPE learn where the budget lies. A trial stopped at the structure stage completes
     with its measured size (and latency, if timed), ``stand_in`` values for what it never
-    measured (accuracy 0, the teacher's latency) and its positive constraint values.
+    measured (accuracy 0, the teacher's latency) and its positive constraint values. A retried
+    trial (``retry_of``, enqueued by :func:`storage.requeue_abandoned`) runs its original plan
+    with its original seed.
     """
     stand_in = dict(stand_in or {})
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        plan = Plan(space.sample(trial), seed=seed + trial.number)
+        plan = Plan(space.sample(trial), seed=seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
         curve: list[float] = []
         shadow = early_stopping.start() if early_stopping else None
@@ -190,13 +239,20 @@ def optimize(
             raise optuna.TrialPruned(result.stopped_at)
         return tuple(result.metrics.get(name, stand_in.get(name, 0.0)) for name in objectives)
 
+    running = (optuna.trial.TrialState.RUNNING,)
     with _optuna_quiet():
-        study.optimize(objective, n_trials=n_trials, catch=(_TrialFailed,))
+        for _ in range(n_trials):
+            if target is not None and (count_finished(study) + len(
+                    study.get_trials(deepcopy=False, states=running))) >= target:
+                break
+            study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
+            check_failures(study)
 
 
 def load_results(study: optuna.Study) -> list[TrialResult]:
     """Every finished or failed trial of ``study`` as a TrialResult, from storage alone."""
     results = []
+    retries = retried(study)
     for frozen in study.get_trials(deepcopy=False):
         attrs = frozen.user_attrs
         states = {"COMPLETE": COMPLETE, "FAIL": FAILED, "PRUNED": PRUNED}
@@ -210,7 +266,7 @@ def load_results(study: optuna.Study) -> list[TrialResult]:
                 state=state,
                 metrics=dict(attrs.get(METRICS_ATTR, {})),
                 measurement=dict(attrs.get(MEASUREMENT_ATTR, {})),
-                reason=attrs.get(REASON_ATTR, ""),
+                reason=attrs.get(REASON_ATTR, "") or _abandoned_reason(frozen, retries),
                 duration_s=float(attrs.get(DURATION_ATTR, 0.0)),
                 number=frozen.number,
                 constraints=dict(attrs.get(CONSTRAINTS_ATTR, {})),
@@ -218,3 +274,11 @@ def load_results(study: optuna.Study) -> list[TrialResult]:
             )
         )
     return results
+
+
+def _abandoned_reason(frozen: optuna.trial.FrozenTrial, retries: Mapping[int, int]) -> str:
+    if frozen.state != optuna.trial.TrialState.FAIL:
+        return ""
+    again = (f"its choices were retried as trial {retries[frozen.number]}"
+             if frozen.number in retries else "its choices are retried when the study resumes")
+    return f"interrupted: the search was stopped or killed while it ran; {again}"

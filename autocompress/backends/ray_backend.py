@@ -35,6 +35,7 @@ from autocompress.backends.optuna_backend import (
     _optuna_quiet,
     make_sampler,
 )
+from autocompress.backends.storage import RETRY_ATTR, open_storage
 from autocompress.plan import Plan
 from autocompress.space import SearchSpace
 from autocompress.trial import FAILED, PRUNED, TrialResult, run_trial
@@ -71,7 +72,7 @@ def _trainable(config: dict, *, task, outputs, settings: dict) -> None:
     result = run_trial(plan, task, teacher_outputs=outputs, finetune=settings["finetune"],
                        measure=measure, budget=settings["budget"],
                        teacher_metrics=settings["teacher_metrics"],
-                       need_peak=settings["need_peak"],
+                       need_peak=settings["need_peak"], timeout_s=settings.get("timeout_s"),
                        on_epoch=on_epoch if settings["scheduler"] == "asha" else None)
     tune.report({"final": True, "epoch": settings["finetune"].epochs + 1,
                  "result": json.dumps(_result_to_dict(result)), "node": json.dumps(node),
@@ -93,7 +94,8 @@ class _DefineByRun:
         self.space, self.seed = space, seed
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        plan = Plan(self.space.sample(trial), seed=self.seed + trial.number)
+        plan = Plan(self.space.sample(trial),
+                    seed=self.seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
         return {"plan": plan.to_json()}
 
@@ -241,7 +243,7 @@ def optimize(
     searcher = _searcher_class()(
         space=_DefineByRun(space, seed), metric=list(objectives), mode=list(objectives.values()),
         sampler=make_sampler(sampler_name, seed=seed + done, n_trials=n_trials),
-        study_name=study_name, storage=optuna.storages.RDBStorage(storage),
+        study_name=study_name, storage=open_storage(storage, heartbeat=False),
         objectives=objectives, constraint_names=constraint_names, stand_in=stand_in or {},
         on_result=on_result,
     )

@@ -73,3 +73,15 @@ def peak_inference_bytes(
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"peak memory measurement failed: {last}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak"])
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the machine can give a new process now (``MemAvailable``), or None off Linux."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

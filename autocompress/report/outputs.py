@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from autocompress.backends.optuna_backend import load_results
+from autocompress.backends.storage import load_recorded_study
 from autocompress.budget import Budget
 from autocompress.errors import ConfigError
 from autocompress.files import write_atomic
@@ -43,21 +42,16 @@ def pareto_json(front: Any, teacher: dict, record: dict) -> str:
 def write_report(folder: str | Path) -> Path:
     """(Re)write the readable outputs of the study in ``folder``; returns report.html's path."""
     folder = Path(folder)
-    record_path, db = folder / "study.json", folder / "study.db"
-    if not record_path.is_file() or not db.is_file():
-        raise ConfigError(str(folder), None, "no study.json and study.db",
+    record_path = folder / "study.json"
+    if not record_path.is_file():
+        raise ConfigError(str(folder), None, "no study.json",
                           "the output folder of a search (studies/<name>/)")
     record = json.loads(record_path.read_text())
     teacher = json.loads((folder / "teacher.json").read_text())
     teacher = {k: v for k, v in teacher.items() if isinstance(v, int | float)}
     budget = Budget(**record.get("budget", {}))
     objectives = record["objectives"]
-    with_quiet = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{db.resolve()}")
-    finally:
-        optuna.logging.set_verbosity(with_quiet)
+    study = load_recorded_study(folder, record)
     results = load_results(study)
     front = pareto_front(results, objectives, teacher, budget)
     history = hypervolume_history(results, objectives, teacher, budget)

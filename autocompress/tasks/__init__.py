@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from autocompress.errors import ConfigError
 from autocompress.tasks.data import LOADERS, Dataset, Split, load_dataset
 from autocompress.tasks.models import TEACHERS
 
@@ -73,6 +74,18 @@ class Task:
             self.test = _materialise(self.test)
         if self.example_input is None:
             self.example_input = self.train.x[:1]
+
+    def check_forward(self, *, where: str = "task") -> None:
+        """The teacher must run on the example input: one clear error now, not a failed trial
+        per plan later."""
+        try:
+            with torch.inference_mode():
+                self.teacher.eval()(self.example_input)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ConfigError(where, "teacher", f"{type(exc).__name__}: {detail}",
+                              f"a model whose forward accepts the example input "
+                              f"(shape {tuple(self.example_input.shape)})") from None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

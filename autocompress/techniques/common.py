@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocompress.errors import TrialError
 from autocompress.plan import Plan
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -40,6 +42,13 @@ class Context:
     before_epoch: list[Callable[[int, nn.Module], None]] = field(default_factory=list)
     after_training: list[Callable[[nn.Module], None]] = field(default_factory=list)
     notes: dict[str, float] = field(default_factory=dict)
+    time_limit_s: float | None = None  # the study's trial_timeout
+    started: float = field(default_factory=time.monotonic)
+
+    def check_time(self) -> None:
+        """Raise :class:`TrialError` once the trial's time limit (``trial_timeout``) is spent."""
+        if self.time_limit_s is not None and time.monotonic() - self.started > self.time_limit_s:
+            raise TrialError(f"over its time limit of {self.time_limit_s:g} s (trial_timeout)")
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -105,10 +105,12 @@ def fit(
     seed: int = 0,
     before_epoch: Sequence[Callable[[int, nn.Module], None]] = (),
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with Adam; returns the mean loss of each epoch.
 
     Raises :class:`TrialError` on a non-finite loss, so a diverging trial fails with a reason.
+    ``check()`` runs before every batch (a trial's time limit raises from it).
     """
     generator = torch.Generator().manual_seed(seed)
     features = None
@@ -128,6 +130,8 @@ def fit(
             order = torch.randperm(len(y), generator=generator)
             total, batches = 0.0, 0
             for start in range(0, len(y), batch_size):
+                if check is not None:
+                    check()
                 idx = order[start : start + batch_size]
                 logits = model(x[idx])
                 soft = teacher_logits[idx] if teacher_logits is not None else None
@@ -166,6 +170,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         lr=ctx.lr,
         batch_size=ctx.batch_size,
         seed=plan.seed,
+        check=ctx.check_time,
         before_epoch=ctx.before_epoch,
         on_epoch=ctx.on_epoch,
     )

@@ -1,0 +1,72 @@
+"""``--jobs N``: N worker processes on this machine, each an Optuna backend on the same storage.
+
+Each worker gets an exact share of the trials still to run, its own sampler seed and
+``cores // N`` torch threads, and writes every trial into the shared storage (SQLite in WAL mode,
+or any SQLAlchemy URL; see :mod:`autocompress.backends.storage`). Workers start with ``spawn``
+(a fresh interpreter: forking a process that has run torch's thread pools can hang), so the task
+travels pickled: a user's metric or student factory must be a module-level function.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from autocompress.errors import ConfigError, SearchStopped
+
+WorkerBody = Callable[[int, int], None]
+
+
+def shares(remaining: int, jobs: int) -> list[int]:
+    """Split ``remaining`` trials over ``jobs`` workers as evenly as counts allow."""
+    return [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
+
+
+def _worker(body: WorkerBody, index: int, quota: int, threads: int, errors: Any) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        body(index, quota)
+    except KeyboardInterrupt:
+        pass  # the parent says what was saved
+    except SearchStopped as exc:
+        errors.put(str(exc))
+
+
+def run_workers(body: WorkerBody, *, remaining: int, jobs: int, where: str = "jobs") -> None:
+    """Run ``body(worker_index, quota)`` in ``jobs`` spawned processes and wait for them all.
+
+    ``body`` must pickle (a module-level function or a ``functools.partial`` of one).
+    """
+    try:
+        pickle.dumps(body)
+    except Exception as exc:
+        raise ConfigError(where, "jobs", jobs,
+                          f"1, or a task whose parts pickle for worker processes "
+                          f"(module-level functions): {exc}") from None
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    processes = [context.Process(target=_worker, args=(body, i, quota, threads, errors),
+                                 name=f"autocompress-worker-{i}")
+                 for i, quota in enumerate(shares(remaining, jobs)) if quota]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=30)  # each worker marks its own trial interrupted and exits
+        raise
+    if not errors.empty():
+        raise SearchStopped(errors.get())
+    crashed = [p.name for p in processes if p.exitcode not in (0, None)]
+    if crashed:
+        raise SearchStopped(f"worker process(es) {', '.join(crashed)} died (exit codes "
+                            f"{[p.exitcode for p in processes]}); finished trials are saved and "
+                            f"the same command resumes the study")

@@ -1,0 +1,174 @@
+"""Where a study lives: opening its Optuna storage, and the bookkeeping that makes resuming safe.
+
+Every Optuna-backend trial sends a heartbeat; a trial whose heartbeat stops (its process was
+killed) is failed by Optuna's stale-trial check. A trial left failed without a recorded reason
+(killed, interrupted by Ctrl-C, or left running by a dead Ray driver) is *abandoned*: the next run
+enqueues its choices again, marked ``retry_of``, and runs them with the same seed. A study's
+``trials`` counts finished trials (complete, stopped, or failed for a recorded reason), so the
+same command run again completes the study instead of starting more.
+
+SQLite is the default (``studies/<name>/study.db``): one file, readable by optuna-dashboard and by
+``autocompress report``. Several worker processes share it in WAL mode (readers never block the
+one writer) with a 60 s busy timeout, so a worker waits for the lock rather than failing. Any
+other SQLAlchemy URL (PostgreSQL, MySQL) works the same way and lets workers on several machines
+share one study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.errors import ConfigError
+
+HEARTBEAT_S = 1      # a running trial writes its heartbeat this often
+GRACE_S = 5          # and is taken for dead when it has not for this long
+SQLITE_TIMEOUT_S = 60
+REASON_ATTR = "fail_reason"
+RETRY_ATTR = "retry_of"
+
+
+def default_url(out_dir: Path) -> str:
+    return f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+
+
+def display(url: str) -> str:
+    """The URL without its password, for messages."""
+    with contextlib.suppress(Exception):
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+def open_storage(url: str, *, where: str = "command line", field: str = "storage",
+                 heartbeat: bool = True) -> optuna.storages.RDBStorage:
+    """RDBStorage with heartbeats (and WAL for SQLite), or one ConfigError line saying why not.
+
+    ``heartbeat=False`` for ask-and-tell clients (Ray's searcher), which send none.
+    """
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:" and not Path(path).parent.is_dir():
+            raise ConfigError(where, field, url, "a SQLAlchemy URL whose folder exists")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S if heartbeat else None,
+                grace_period=GRACE_S if heartbeat else None)
+        if url.startswith("sqlite"):
+            with storage.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except Exception as exc:  # any driver, any failure: one line naming the URL
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(where, field, display(url),
+                          f"a SQLAlchemy URL Optuna can open (sqlite:///path/study.db, "
+                          f"postgresql://user@host:5432/db); opening it failed: "
+                          f"{reason[:200]}") from None
+    return storage
+
+
+def is_counted(trial: FrozenTrial) -> bool:
+    """Finished for good: complete, stopped early, or failed for a reason the trial recorded."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and REASON_ATTR in trial.user_attrs
+
+
+def count_finished(study: optuna.Study) -> int:
+    return sum(is_counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def retried(study: optuna.Study) -> dict[int, int]:
+    """Abandoned trial number -> the number of the trial that retries its choices."""
+    return {t.user_attrs[RETRY_ATTR]: t.number for t in study.get_trials(deepcopy=False)
+            if RETRY_ATTR in t.user_attrs}
+
+
+def abandoned(study: optuna.Study) -> list[FrozenTrial]:
+    """Failed trials without a recorded reason: killed or interrupted, never judged."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.FAIL and REASON_ATTR not in t.user_attrs]
+
+
+def fail_dead_trials(study: optuna.Study, *, without_heartbeat: bool = False) -> list[int]:
+    """Fail the running trials whose process is gone; returns their numbers.
+
+    Trials with a heartbeat are failed once it is older than the grace period (this waits for
+    it when a heartbeat is recent, so a run restarted right after a kill still finds them).
+    ``without_heartbeat`` also fails running trials that never had one: those of a Ray driver,
+    which is one per study, so at its start none of them is alive.
+    """
+    storage = study._storage
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    numbers = []
+    if without_heartbeat:
+        beating = _with_heartbeat(storage, study)
+        for trial in running:
+            if trial._trial_id not in beating:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                    numbers.append(trial.number)
+    if len(numbers) < len(running):
+        time.sleep(GRACE_S + 1)  # a heartbeat younger than the grace period may just have stopped
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        numbers += sorted(after - before)
+    return numbers
+
+
+def _with_heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study) -> set[int]:
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    with contextlib.closing(rdb.scoped_session()) as session:
+        rows = (session.query(models.TrialHeartbeatModel.trial_id)
+                .join(models.TrialModel)
+                .filter(models.TrialModel.study_id == study._study_id).all())
+    return {row[0] for row in rows}
+
+
+def requeue_abandoned(study: optuna.Study) -> list[int]:
+    """Enqueue the choices of every abandoned trial not yet retried; returns their numbers."""
+    done = retried(study)
+    queued = []
+    for trial in abandoned(study):
+        if trial.number in done or not trial.params:
+            continue
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+        queued.append(trial.number)
+    return queued
+
+
+def load_recorded_study(folder: Path, record: dict) -> optuna.Study:
+    """The study an output folder's ``study.json`` names: in its ``study.db`` unless the search
+    used another storage URL (recorded without its password)."""
+    url = record.get("storage") or default_url(folder)
+    if url.startswith("sqlite") and not (Path(folder) / "study.db").is_file() \
+            and url == default_url(folder):
+        raise ConfigError(str(folder), None, "no study.db",
+                          "the output folder of a search (studies/<name>/)")
+    if "***" in url:
+        raise ConfigError(str(folder), "storage", url,
+                          "a storage URL without a password, or one that reads it from the "
+                          "server's own settings (e.g. ~/.pgpass)")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=record["name"], storage=open_storage(url))
+    finally:
+        optuna.logging.set_verbosity(verbosity)

@@ -1,0 +1,192 @@
+"""Nothing lost: a search killed or interrupted resumes, workers share a study, trials that fail
+are recorded with their reason. Real processes, real signals, real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+import autocompress
+from autocompress.backends.optuna_backend import load_results
+from autocompress.backends.storage import REASON_ATTR, RETRY_ATTR, count_finished
+from autocompress.config import study_from_dict
+from autocompress.pareto import pareto_front
+
+STUDY = {
+    "name": "resilient",
+    "task": {"dataset": "digits", "teacher": "lenet300", "teacher_epochs": 8},
+    "space": "default",
+    "measure": {"batch_size": 1, "threads": 1, "warmup": 2, "repeats": 5},
+    "finetune": {"epochs": 4},
+    "trials": 14,
+    "sampler": "random",
+}
+States = optuna.trial.TrialState
+
+
+def write_study(folder: Path, **changes) -> Path:
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return path
+
+
+def search(study: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autocompress.cli", "search", str(study), "--out", str(out),
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load(out: Path, name: str = "resilient") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def wait_until_running(out: Path, *, finished: int, timeout: float = 120) -> None:
+    """Until the study holds ``finished`` finished trials and one is running right now."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "study.db").exists():
+            try:
+                trials = load(out).trials
+            except (KeyError, Exception):  # not created yet, or locked this instant
+                trials = []
+            done = sum(t.state in (States.COMPLETE, States.PRUNED) for t in trials)
+            if done >= finished and any(t.state == States.RUNNING for t in trials):
+                return
+        time.sleep(0.02)
+    raise AssertionError("the search never reached the point to interrupt it")
+
+
+def finished_snapshot(study: optuna.Study) -> dict[int, tuple]:
+    return {t.number: (t.state.name, tuple(t.values or ()), tuple(sorted(t.params.items())))
+            for t in study.trials if t.state in (States.COMPLETE, States.PRUNED)}
+
+
+def test_sigkill_mid_study_then_the_same_command_resumes_it(tmp_path):
+    study, out = write_study(tmp_path), tmp_path / "out"
+    process = search(study, out)
+    wait_until_running(out, finished=3)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    before = finished_snapshot(load(out))
+    running = [t for t in load(out).trials if t.state == States.RUNNING]
+    assert len(before) >= 3 and len(running) == 1
+    killed = running[0]
+
+    again = search(study, out)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert "resuming study 'resilient'" in stdout and f"trials [{killed.number}]" in stdout
+
+    stored = load(out)
+    after = finished_snapshot(stored)
+    assert {n: after[n] for n in before} == before  # every finished trial kept as it was
+    assert count_finished(stored) == STUDY["trials"]  # the count the study asks for, exactly
+    dead = stored.trials[killed.number]
+    assert dead.state == States.FAIL and REASON_ATTR not in dead.user_attrs
+    retry = [t for t in stored.trials if t.user_attrs.get(RETRY_ATTR) == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params
+    assert retry[0].state in (States.COMPLETE, States.PRUNED)
+    # the front is the front of every finished trial, whichever run finished it
+    config = study_from_dict(STUDY)
+    teacher = {k: v for k, v in pd.read_json(out / "teacher.json", typ="series").items()
+               if isinstance(v, int | float)}
+    expected = pareto_front(load_results(stored), config.objectives, teacher, config.budget)
+    written = pd.read_csv(out / "pareto.csv")
+    assert sorted(written["trial"]) == sorted(r.number for r in expected.members)
+    trials = pd.read_csv(out / "trials.csv")
+    reason = trials.loc[trials["trial"] == killed.number, "reason"].item()
+    assert reason.startswith("interrupted") and f"trial {retry[0].number}" in reason
+
+
+def test_ctrl_c_stops_cleanly_and_says_what_was_saved(tmp_path):
+    study, out = write_study(tmp_path, trials=40), tmp_path / "out"
+    process = search(study, out)
+    wait_until_running(out, finished=2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    finished = count_finished(load(out))
+    assert f"interrupted: {finished} finished trials are saved" in stderr
+    assert "will be retried" in stderr and "the same command resumes" in stderr
+    assert len(pd.read_csv(out / "trials.csv")) == len(load(out).trials)
+
+
+def test_two_workers_share_one_study_and_the_count_is_exact(tmp_path):
+    study, out = write_study(tmp_path, trials=10, finetune={"epochs": 1}), tmp_path / "out"
+    process = search(study, out, "--jobs", "2")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    stored = load(out)
+    numbers = [t.number for t in stored.trials]
+    assert sorted(numbers) == list(range(10))  # none lost, none run twice
+    assert all(t.state == States.COMPLETE for t in stored.trials)
+    assert "[worker 0]" in stdout and "[worker 1]" in stdout
+    plans = {tuple(sorted(t.params.items())) for t in stored.trials}
+    assert len(plans) == 10
+    assert len(pd.read_csv(out / "trials.csv")) == 10
+    assert {f"trial_{n}.acpk" for n in numbers} <= {p.name for p in (out / "models").iterdir()}
+
+
+def test_a_study_in_postgresql(postgres_url, tmp_path):
+    config = study_from_dict({**STUDY, "trials": 3, "finetune": {"epochs": 1},
+                              "storage": postgres_url})
+    outcome = autocompress.run_study(config, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "study.db").exists()
+    stored = optuna.load_study(study_name="resilient", storage=postgres_url)
+    assert count_finished(stored) == 3 and len(outcome.results) == 3
+    # report and export find the study through the URL recorded in study.json
+    autocompress.write_report(tmp_path / "out")
+    assert len(pd.read_csv(tmp_path / "out" / "trials.csv")) == 3
+
+
+_calls = [0]
+
+
+def nan_after_the_teacher(model, split) -> float:
+    """Accuracy for the teacher's two measurements (validation, test), then NaN."""
+    _calls[0] += 1
+    if _calls[0] <= 2:
+        return 0.9
+    return math.nan
+
+
+def test_more_than_half_of_the_first_ten_failing_stops_the_search(digits, mlp_teacher,
+                                                                   tmp_path):
+    _calls[0] = 0
+    with pytest.raises(autocompress.TooManyFailures, match="6 of the first 6 trials failed"):
+        autocompress.search(mlp_teacher, train=(digits.train.x, digits.train.y),
+                            val=(digits.val.x, digits.val.y), test=(digits.test.x, digits.test.y),
+                            metric=nan_after_the_teacher, trials=20, finetune_epochs=1,
+                            sampler="random", out_dir=tmp_path, progress=lambda _: None)
+    trials = pd.read_csv(tmp_path / "trials.csv")  # written before stopping
+    assert len(trials) == 6 and set(trials["state"]) == {"failed"}
+    assert trials["reason"].str.contains("measured accuracy is nan").all()
+
+
+def test_a_trial_over_its_time_limit_fails_with_the_reason(tmp_path):
+    config = study_from_dict({**STUDY, "trials": 12, "trial_timeout": "0.05s",
+                              "finetune": {"epochs": 50}})
+    with pytest.raises(autocompress.TooManyFailures):
+        autocompress.run_study(config, out_dir=tmp_path)
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert (trials["state"] == "failed").all()
+    assert trials["reason"].str.contains(r"over its time limit of 0.05 s \(trial_timeout\)").all()
+
+
+def test_a_non_finite_loss_fails_the_trial_and_the_study_goes_on(digits, mlp_teacher, tmp_path):
+    config = study_from_dict({**STUDY, "trials": 4, "finetune": {"epochs": 1, "lr": 1e30}})
+    outcome = autocompress.run_study(config, out_dir=tmp_path, task=autocompress.Task(
+        "digits", mlp_teacher, digits.train, digits.val))
+    reasons = [r.reason for r in outcome.results if r.state == "failed"]
+    assert len(outcome.results) == 4 and reasons
+    assert all("non-finite loss" in r or "nan" in r.lower() for r in reasons)
