@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres
 
-.PHONY: install demo test test-slow lint clean-studies chromium postgres
+.PHONY: install demo test bench bench-quick test-slow lint clean-studies chromium postgres
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: install
 
 test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# Every benchmark (about 45 minutes on 2 cores), or the reduced versions (under 10 minutes).
+bench: install
+	$(BIN)/python -m benchmarks
+
+bench-quick: install
+	$(BIN)/python -m benchmarks --quick
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from autocompress.budget import Budget
-from autocompress.config import StudyConfig, load_study
+from autocompress.config import StudyConfig, load_study, study_from_dict
 from autocompress.errors import (
     AutocompressError,
     ConfigError,
@@ -18,7 +18,12 @@ from autocompress.errors import (
     TrialError,
 )
 from autocompress.export import export_trial
-from autocompress.pareto import ParetoFront, non_dominated, pareto_front
+from autocompress.pareto import (
+    ParetoFront,
+    hypervolume_history,
+    non_dominated,
+    pareto_front,
+)
 from autocompress.plan import Plan
 from autocompress.report.outputs import write_report
 from autocompress.space import SearchSpace, shipped_spaces
@@ -44,6 +49,7 @@ __all__ = [
     "TrialError",
     "TrialResult",
     "export_trial",
+    "hypervolume_history",
     "load_study",
     "non_dominated",
     "pareto_front",
@@ -51,6 +57,7 @@ __all__ = [
     "run_trial",
     "search",
     "shipped_spaces",
+    "study_from_dict",
     "validate_study",
     "write_report",
 ]

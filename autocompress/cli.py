@@ -137,7 +137,7 @@ def _search(args: argparse.Namespace) -> int:
         trials=args.trials, seed=args.seed, backend=backend, jobs=args.jobs,
         storage=args.storage, ray_address=args.address,
         ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
-    progress = (lambda _: None) if args.quiet else (lambda line: print(line, flush=True))
+    progress = None if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)
     results = outcome.results

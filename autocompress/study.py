@@ -211,8 +211,8 @@ def _print_line(line: str) -> None:
     print(line, flush=True)
 
 
-def _run_worker(search: _Search, index: int, quota: int) -> None:
-    search.run_trials(index, quota, progress=_print_line)
+def _run_worker(search: _Search, verbose: bool, index: int, quota: int) -> None:
+    search.run_trials(index, quota, progress=_print_line if verbose else _quiet)
 
 
 def run_study(
@@ -221,7 +221,7 @@ def run_study(
     task: Task | None = None,
     space: SearchSpace | None = None,
     out_dir: str | Path | None = None,
-    progress: Progress = _quiet,
+    progress: Progress | None = _quiet,
     ray_settings: Mapping[str, Any] | None = None,
 ) -> StudyOutcome:
     """Run the study until it holds ``config.trials`` finished trials; return its front.
@@ -233,6 +233,7 @@ def run_study(
     trial's worker leaves its process id, so a test can kill one). Ctrl-C or too many failing
     trials raise :class:`SearchStopped` after the outputs of the finished trials are written.
     """
+    progress = progress or _quiet
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
         space = SearchSpace.from_yaml(resolve_space(config.space, study_source=config.source))
@@ -276,7 +277,8 @@ def run_study(
             _run_on_ray(search, remaining, progress, ray_settings)
         elif config.jobs > 1:
             progress(f"running {remaining} trials in {config.jobs} worker processes")
-            run_workers(functools.partial(_run_worker, search), remaining=remaining,
+            run_workers(functools.partial(_run_worker, search, progress is not _quiet),
+                        remaining=remaining,
                         jobs=config.jobs, where=config.source)
         else:
             search.run_trials(0, remaining, progress=progress,

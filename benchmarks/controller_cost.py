@@ -1,0 +1,101 @@
+"""Cost of the controller: per-trial time spent outside the trial (sampler, storage, recording).
+
+    .venv/bin/python -m benchmarks controller [--quick]
+
+A trivial objective (a TrialResult made up on the spot, no model) runs through the Optuna
+backend exactly as real trials do (NSGA-II, SQLite storage with heartbeats, constraints, user
+attributes, the exact-count checks), at 100 and 1,000 trials; the per-trial wall time is the
+controller's cost. It is set against the median trial of the quickstart study, measured in the
+same run, and against Optuna alone (same space and sampler, no attributes) on SQLite, on a
+journal file and in memory, to show where the time goes. This benchmark drives the backend
+layer directly (``optuna_backend.optimize``): the public API has no way to run a trial without
+a model, which is what isolates the controller.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+import optuna
+
+from autocompress.backends import optuna_backend
+from autocompress.backends.storage import open_storage
+from autocompress.plan import Plan
+from autocompress.space import SearchSpace
+from autocompress.trial import TrialResult
+from benchmarks.common import ROOT, Headline, run, scratch, study, table
+
+OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+
+
+def trivial_trials(n: int, folder) -> float:
+    """Seconds per trial of ``n`` trivial trials on a fresh SQLite study."""
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
+    storage = open_storage(f"sqlite:///{folder / f'controller-{n}.db'}")
+    optuna_study = optuna_backend.open_study(storage, f"controller-{n}", OBJECTIVES,
+                                             sampler_name="nsga2", seed=0, n_trials=n)
+    draw = random.Random(0)
+
+    def made_up(plan: Plan, *, should_stop=None, on_epoch=None) -> TrialResult:
+        metrics = {"accuracy": draw.random(), "latency_ms": draw.random(),
+                   "memory_bytes": draw.random() * 1e5}
+        return TrialResult(plan, "complete", metrics, {}, constraints={"memory_bytes": -1.0})
+
+    started = time.perf_counter()
+    optuna_backend.optimize(optuna_study, space, made_up, n_trials=n, target=n, seed=0,
+                            objectives=OBJECTIVES, constraint_names=["memory_bytes"])
+    return (time.perf_counter() - started) / n
+
+
+def plain_optuna(n: int, storage) -> float:
+    """Seconds per trial of Optuna alone (same space, NSGA-II, no attributes) on ``storage``."""
+    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
+    draw = random.Random(0)
+    with optuna_backend._optuna_quiet():
+        plain = optuna.create_study(storage=storage, directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.NSGAIISampler(seed=0))
+
+        def objective(trial):
+            space.sample(trial)
+            return draw.random(), draw.random()
+
+        started = time.perf_counter()
+        plain.optimize(objective, n_trials=n)
+    return (time.perf_counter() - started) / n
+
+
+def main(quick: bool = False) -> Headline:
+    sizes = (20, 100) if quick else (100, 1000)
+    with scratch() as folder:
+        per_trial = {n: trivial_trials(n, folder) for n in sizes}
+        n = sizes[0]
+        journal = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(folder / "plain.log")))
+        plain = {"SQLite (RDBStorage)": plain_optuna(n, f"sqlite:///{folder / 'plain.db'}"),
+                 "a journal file (JournalStorage)": plain_optuna(n, journal),
+                 "memory": plain_optuna(n, None)}
+        outcome, _ = run(study({"trials": 5 if quick else 10, "sampler": "random"}),
+                         folder / "quickstart")
+    trial_s = statistics.median(r.duration_s for r in outcome.results)
+    rows = [[f"trivial objective, {n} trials", f"{1000 * s:.1f}", f"{100 * s / trial_s:.2f}%"]
+            for n, s in per_trial.items()]
+    rows += [[f"Optuna alone on {where}, {n} trials", f"{1000 * s:.1f}",
+              f"{100 * s / trial_s:.2f}%"] for where, s in plain.items()]
+    rows.append([f"quickstart trial (median of {len(outcome.results)})",
+                 f"{1000 * trial_s:.1f}", "100%"])
+    print(table(["", "ms per trial", "of a quickstart trial"], rows))
+    small, large = per_trial[sizes[0]], per_trial[sizes[1]]
+    growth = large / small
+    share = 100 * large / trial_s
+    met = share < 2.0 and growth < 2.0
+    text = (f"controller cost at {sizes[1]} trials: {1000 * large:.1f} ms per trial = "
+            f"{share:.2f}% of a quickstart trial (target < 2%); per-trial cost x{growth:.2f} "
+            f"from {sizes[0]} to {sizes[1]} trials (linear total time: x1)")
+    print(text)
+    return Headline("controller cost", text, met)
+
+
+if __name__ == "__main__":
+    main()
