@@ -3,6 +3,7 @@ front members by test accuracy, and the headline each benchmark returns."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -15,7 +16,8 @@ from typing import Any
 import autocompress
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHERS = ROOT / "benchmarks" / ".teachers"  # git-ignored: trained once, reused by every run
+# git-ignored: each teacher is trained once and reused by every run (a test points it elsewhere)
+TEACHERS = Path(os.environ.get("AUTOCOMPRESS_BENCH_TEACHERS", ROOT / "benchmarks" / ".teachers"))
 
 
 @dataclass

@@ -5,9 +5,11 @@
 The paper: LeNet-300-100 shrank 40x (1070 kB to 27 kB) and LeNet-5 39x (1720 kB to 44 kB)
 with no accuracy loss, on the full MNIST (60,000 training images). Here each teacher is trained
 on mnist5k (3,500 training images), the joint space is searched (NSGA-II on validation accuracy
-and stored size, at most 1 point below the teacher on validation), and among the front members
-whose **test** accuracy (a split the search never saw) is within 0.5 points of the teacher's,
-the largest compression ratio (teacher's stored bytes over the member's) is reported.
+and stored size, 8 fine-tune epochs, a budget of at most 0.5 points below the teacher on
+validation: the paper's "no loss"), and among the front members whose **test** accuracy (a split
+the search never saw) is within 0.5 points of the teacher's, the largest compression ratio
+(teacher's stored bytes over the member's) is reported. Validation and test have 750 images
+each, so one image is 0.13 points and a selection on validation is optimistic on it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from benchmarks.common import (
 PAPER = {"lenet300": (40.0, 1070e3, 27e3, 98.36), "lenet5": (39.0, 1720e3, 44e3, 99.20)}
 # (ratio, bytes before, bytes after, the paper's reference top-1 accuracy in %, Table 1)
 SPACES = {"lenet300": "default.yaml", "lenet5": "cnn.yaml"}
-EPOCHS = {"lenet300": 5, "lenet5": 3}
+EPOCHS = {"lenet300": 8, "lenet5": 5}
 
 
 def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
@@ -36,7 +38,7 @@ def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
         "task": {"dataset": "mnist5k", "teacher": teacher},
         "space": str(ROOT / "search_spaces" / SPACES[teacher]),
         "objectives": {"accuracy": "max", "memory_bytes": "min"},
-        "budget": {"max_accuracy_drop": 1.0},
+        "budget": {"max_accuracy_drop": 0.5},
         "finetune": {"epochs": EPOCHS[teacher]},
         "trials": trials, "sampler": "nsga2", "seed": 0,
     })

@@ -148,3 +148,13 @@ def test_a_killed_driver_is_resumed_without_losing_a_finished_trial(local_ray, t
     assert set(running) <= retried
     counted = [r for r in outcome.results if not r.reason.startswith("interrupted")]
     assert len(counted) == 6
+
+
+def test_ray_stops_when_most_of_the_first_trials_fail(local_ray, tmp_path):
+    config = study_from_dict({**STUDY, "name": "failing", "trials": 14,
+                              "trial_timeout": "0.001s", "finetune": {"epochs": 30}})
+    with pytest.raises(autocompress.TooManyFailures, match="of the first"):
+        autocompress.run_study(config, out_dir=tmp_path)
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert 6 <= len(trials) < 14 and (trials["state"] == "failed").all()
+    assert trials["reason"].str.contains("trial_timeout").all()

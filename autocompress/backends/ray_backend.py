@@ -33,9 +33,11 @@ from autocompress.backends.optuna_backend import (
     REASON_ATTR,
     STOPPED_ATTR,
     _optuna_quiet,
+    check_failures,
     make_sampler,
 )
 from autocompress.backends.storage import RETRY_ATTR, open_storage
+from autocompress.errors import TooManyFailures
 from autocompress.plan import Plan
 from autocompress.space import SearchSpace
 from autocompress.trial import FAILED, PRUNED, TrialResult, run_trial
@@ -101,6 +103,7 @@ class _DefineByRun:
 
 
 def _searcher_class():
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     class RecordingOptunaSearch(OptunaSearch):
@@ -114,6 +117,12 @@ def _searcher_class():
             self._stand_in = dict(stand_in)
             self._on_result = on_result
             self._curves: dict[str, list[float]] = {}
+            self.stop_reason = ""  # set when too many of the first trials failed
+
+        def suggest(self, trial_id: str):
+            if self.stop_reason:
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
 
         def save(self, checkpoint_path: str) -> None:
             callback, self._on_result = self._on_result, None  # a closure: not picklable
@@ -166,6 +175,10 @@ def _searcher_class():
                                             reason="the trial's worker failed (see Ray logs)")
             self._ot_study.tell(ot_trial, values, state=state)
             self._completed_trials.add(trial_id)
+            try:
+                check_failures(self._ot_study)
+            except TooManyFailures as exc:
+                self.stop_reason = str(exc)
             record_result.number = ot_trial.number
             if self._on_result is not None:
                 self._on_result(record_result)
@@ -270,3 +283,5 @@ def optimize(
     )
     with _optuna_quiet():  # OptunaSearch creates (loads) the study when the run starts
         tuner.fit()
+    if searcher.stop_reason:
+        raise TooManyFailures(searcher.stop_reason)
