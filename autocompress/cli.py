@@ -223,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autocompress: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nautocompress: interrupted before any trial ran; nothing to resume",
-              file=sys.stderr)
+        print("\nautocompress: interrupted before the search started; no trial ran in this "
+              "run, and any stored ones are unchanged", file=sys.stderr)
         return 130
 
 

@@ -1,6 +1,6 @@
 """The study file: what to compress, the space to search, how to measure, how long to search.
 
-Example (``studies/quickstart.yaml``)::
+Example (a smaller ``studies/quickstart.yaml``)::
 
     name: quickstart
     task: {dataset: mnist5k, teacher: lenet300}
@@ -99,17 +99,23 @@ class StudyConfig:
     trial_timeout: float | None = None   # seconds; a trial running longer fails
     storage: str | None = None   # SQLAlchemy URL; default sqlite:///<out>/study.db
     jobs: int = 1                # worker processes on this machine sharing the study
+    predictor: bool = False      # skip Plans a learned model confidently calls hopeless
+    predictor_warmup: int = 30   # finished trials before the predictor starts judging
+    predictor_max_skip: float = 0.3  # at most this share of trials is skipped
     source: str = "<dict>"
+    origins: Mapping[str, str] = field(default_factory=dict)  # field -> where an override came from
 
-    def with_overrides(self, **changes: object) -> StudyConfig:
+    def with_overrides(self, where: str = "command line", **changes: object) -> StudyConfig:
         """A copy with the given top-level fields replaced (``None`` values are ignored);
-        ``ray_<field>`` replaces a field of the ``ray`` section."""
+        ``ray_<field>`` replaces a field of the ``ray`` section. ``where`` is recorded for each
+        replaced field, so an error about it names the command line, not the study file."""
         given = {k: v for k, v in changes.items() if v is not None}
         ray_changes = {k[4:]: v for k, v in given.items() if k.startswith("ray_")}
         top = {k: v for k, v in given.items() if not k.startswith("ray_")}
         if ray_changes:
             top["ray"] = replace(self.ray, **ray_changes)
-        return replace(self, **top)
+        origins = {**self.origins, **{k: where for k in given}}
+        return replace(self, **top, origins=origins)
 
 
 def _int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
@@ -334,8 +340,27 @@ def study_from_dict(
         trial_timeout=timeout,
         storage=storage,
         jobs=_int(where, "jobs", data.get("jobs", 1), 1, 64),
+        predictor=_predictor_switch(where, data.get("predictor", False)),
+        predictor_warmup=_int(where, "predictor_warmup", data.get("predictor_warmup", 30), 5),
+        predictor_max_skip=_share(where, "predictor_max_skip",
+                                  data.get("predictor_max_skip", 0.3)),
         source=where,
     )
+
+
+def _predictor_switch(where: str, value: object) -> bool:
+    """``predictor: on`` / ``off`` (YAML reads both as booleans) or true / false."""
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ConfigError(where, "predictor", value, "on or off")
+
+
+def _share(where: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(where, name, value, "a share in (0, 1), e.g. 0.3")
+    return float(value)
 
 
 def load_study(path: str | Path) -> StudyConfig:

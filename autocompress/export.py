@@ -15,8 +15,8 @@ versions, input shape, and the loading code.
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,8 +142,7 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
                 f"trial {trial}: rebuilt model's {name} {metrics.get(name, float('nan')):.4f} "
                 f"differs from the recorded {recorded.get(name, float('nan')):.4f} by more than "
                 f"{TOLERANCE} (nothing written)")
-    out.mkdir(parents=True, exist_ok=True)
-    example = task.example_input
+    example = task.example_input  # files are written only once every check passed
     card: dict[str, Any] = {
         "study": record["name"], "trial": trial, "format": fmt,
         "choices": dict(Plan.from_dict(_plan_of(folder, record, trial)).choices),
@@ -154,23 +153,25 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
                      .__version__},
     }
     if fmt == "torchscript":
+        buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.jit.trace(model, example[:1]).save(str(out / "model.pt"))
+            torch.jit.save(torch.jit.trace(model, example[:1]), buffer)
+        write_atomic(out / "model.pt", buffer.getvalue())
         card["load"] = "import torch; model = torch.jit.load('model.pt')"
     elif fmt == "onnx":
         onnx_model = export_onnx(model, example)
         if int8_ready(model):
             onnx_model = quantize_int8(onnx_model, model, task.train.x[:256])
-        write_atomic(out / "model.onnx", onnx_model)
         card["load"] = ("import onnxruntime as ort; session = ort.InferenceSession('model.onnx'); "
                         "logits = session.run(None, {'input': x})[0]  # x: float32 numpy")
         card["onnx_int8"] = int8_ready(model)
-        _check_onnx(out / "model.onnx", model, task.val.x[:256], card["onnx_int8"])
+        _check_onnx(onnx_model, model, task.val.x[:256], card["onnx_int8"])  # before writing
+        write_atomic(out / "model.onnx", onnx_model)
     else:
         card["architecture"] = describe_layers(model)
         write_atomic(out / "model.acpk", pack_model(model))
-        shutil.copyfile(packing.__file__, out / "acpk.py")
+        write_atomic(out / "acpk.py", Path(packing.__file__).read_text())
         write_atomic(out / "load_model.py", _LOADER)
         card["load"] = "from load_model import load_model; model = load_model()"
     write_atomic(out / "model.json", json.dumps(card, indent=2, default=str))
@@ -182,12 +183,12 @@ def _plan_of(folder: Path, record: dict, trial: int) -> dict:
     return study.trials[trial].user_attrs["plan"]
 
 
-def _check_onnx(path: Path, model: nn.Module, inputs: torch.Tensor, int8: bool) -> None:
-    """The written file must run in onnxruntime and match the model: to 1e-3 in float, on at
+def _check_onnx(onnx_model: bytes, model: nn.Module, inputs: torch.Tensor, int8: bool) -> None:
+    """The file to write must run in onnxruntime and match the model: to 1e-3 in float, on at
     least 97% of predictions in int8 (whose activations are quantized too)."""
     import onnxruntime as ort
 
-    written = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    written = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     got = torch.from_numpy(written.run(None, {"input": inputs.numpy()})[0])
     with torch.no_grad():
         want = model(inputs)

@@ -2,7 +2,8 @@
 
 Outputs go to ``studies/<name>/`` (or ``out_dir``): ``study.db`` (Optuna SQLite storage, study
 name = ``<name>``), ``teacher.pt`` and ``teacher.json``, ``trials.csv`` and ``pareto.csv``.
-Running a study again adds trials to the stored study; it never starts over.
+Running a study again resumes it until it holds ``trials`` finished trials; it never starts
+over.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from autocompress.backends import optuna_backend
-from autocompress.backends.parallel import run_workers
+from autocompress.backends.parallel import check_picklable, run_workers
 from autocompress.backends.storage import (
     abandoned,
     count_finished,
@@ -40,6 +41,7 @@ from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import write_atomic
 from autocompress.measure.peak import available_memory_bytes
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
+from autocompress.predictors import PlanPredictor
 from autocompress.report.outputs import write_report
 from autocompress.report.tables import (
     describe_metrics,
@@ -110,7 +112,7 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
                       field="task.checkpoint")
         progress(f"teacher {spec.teacher}: weights from {spec.checkpoint}")
     elif cached and json.loads(card.read_text()).get("recipe") == recipe:
-        _load_weights(teacher, weights, where=str(weights), field=None)
+        _load_weights(teacher, weights, where=str(weights), field="cached teacher")
         progress(f"teacher {spec.teacher}: loaded from {weights}")
     else:
         progress(f"teacher {spec.teacher}: training on {spec.dataset} "
@@ -128,14 +130,14 @@ def builtin_task(config: StudyConfig, out_dir: Path, progress: Progress = _quiet
                 preprocessing=data.preprocessing)
 
 
-def _load_weights(model: nn.Module, path: Path, *, where: str, field: str | None) -> None:
+def _load_weights(model: nn.Module, path: Path, *, where: str, field: str) -> None:
     """``torch.load(weights_only=True)`` into ``model``; a corrupt or mismatched file is one
     ConfigError line (a cached teacher.pt is retrained once deleted)."""
     try:
         model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        fix = "; delete it and the teacher is trained again" if field is None else ""
+        fix = "; delete it and the teacher is trained again" if field == "cached teacher" else ""
         raise ConfigError(where, field, f"{path}: {type(exc).__name__}: {detail}",
                           f"a state_dict of the teacher's architecture saved with "
                           f"torch.save{fix}") from None
@@ -198,13 +200,19 @@ class _Search:
         early = (optuna_backend.EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
                  if config.pruner != "none" else None)
         prefix = f"[worker {index}] " if config.jobs > 1 else ""
+        predictor = (PlanPredictor(self.space, config.objectives, config.budget,
+                                   self.teacher_metrics.get("accuracy"),
+                                   warmup=config.predictor_warmup,
+                                   max_skip_share=config.predictor_max_skip, seed=config.seed)
+                     if config.predictor else None)
         optuna_backend.optimize(
             study, self.space, self.runner(outputs), n_trials=quota, target=config.trials,
             seed=config.seed, objectives=config.objectives,
             constraint_names=config.budget.constraint_names(),
             stand_in={**self.teacher_metrics, "accuracy": 0.0}, early_stopping=early,
             on_result=_trial_line(config.trials, count_finished(study), self.space, progress,
-                                  self.out, prefix, finished=lambda: count_finished(study)))
+                                  self.out, prefix, finished=lambda: count_finished(study)),
+            predictor=predictor)
 
 
 def _print_line(line: str) -> None:
@@ -241,23 +249,35 @@ def run_study(
         raise ConfigError(config.source, "budget.device", config.measure.device,
                           "cpu: torch sees no CUDA device on this machine")
     check_memory_budget(config)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("command line" if out_dir is not None else config.source, "--out",
+                          str(out), "a folder (this is a file)")
     if task is not None:
         task.check_forward(where=config.source)
-    storage = open_storage(config.storage, where=config.source) if config.storage else None
-    out.mkdir(parents=True, exist_ok=True)
+    if config.jobs > 1 and task is not None:
+        check_picklable(task, where=config.source)
     builtin = task is None
+    settings = {"task": dataclasses.asdict(config.task) if builtin else task.name,
+                "budget": config.budget.to_dict(), "measure": dataclasses.asdict(config.measure),
+                "finetune": dataclasses.asdict(config.finetune)}
+    storage_where = config.origins.get("storage", config.source)
+    storage_field = "--storage" if storage_where == "command line" else "storage"
+    url = config.storage or default_url(out)
+    # Refusals first: a storage that cannot be opened, or a study of this name stored with other
+    # settings, is refused before the teacher is trained or any file is written.
+    storage = None
+    if config.storage or (out / "study.db").is_file():
+        storage = open_storage(url, where=storage_where, field=storage_field)
+        optuna_backend.check_settings(storage, config.name, settings, where=config.source)
     if task is None:
         task = builtin_task(config, out, progress)
     space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
-    url = config.storage or default_url(out)
-    storage = storage or open_storage(url, where=config.source)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or open_storage(url, where=storage_where, field=storage_field)
     study = optuna_backend.open_study(  # refuses a stored study of this name with other settings
         storage, config.name, config.objectives, sampler_name=config.sampler, seed=config.seed,
         n_trials=config.trials, where=config.source,
-        settings={"task": dataclasses.asdict(config.task) if builtin else task.name,
-                  "space": space.describe(), "budget": config.budget.to_dict(),
-                  "measure": dataclasses.asdict(config.measure),
-                  "finetune": dataclasses.asdict(config.finetune)},
+        settings={**settings, "space": space.describe()},
     )
     need_peak = needs_peak_memory(config)
     teacher_metrics = measure_teacher(task, config, out, need_peak=need_peak)

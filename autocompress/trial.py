@@ -16,11 +16,14 @@ reason.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +215,29 @@ def final_form(model: nn.Module, ctx: Context) -> nn.Module:
     return bake(probe)
 
 
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """A watchdog for ``trial_timeout`` where a signal can reach the trial (the main thread on
+    Unix): SIGALRM raises TrialError even inside a long forward pass or a user's metric. Else
+    the cooperative checks (before every batch, between stages) are the limit."""
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def fire(_signum, _frame) -> None:
+        raise TrialError(f"over its time limit of {seconds:g} s (trial_timeout)")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _StopEarly(Exception):
     def __init__(self, epoch: int, accuracy: float) -> None:
         super().__init__(epoch)
@@ -254,28 +280,29 @@ def run_trial(
 
     torch.manual_seed(plan.seed)
     try:
-        ctx = make_context(task, teacher_outputs, finetune, plan.seed)
-        ctx.time_limit_s = timeout_s
-        model = build_compressed(plan, ctx)
-        ctx.check_time()
-        metrics, measurement = measure_structure(final_form(model, ctx), task, measure, budget,
-                                                 need_peak=need_peak)
-        metrics.update(ctx.notes)
-        if not feasible(budget.constraints(metrics)):
-            return result(COMPLETE, metrics, measurement, stopped_at=STRUCTURE)
-        if should_stop is not None or on_epoch is not None:
-            ctx.on_epoch = _epoch_reporter(task, should_stop, on_epoch)
-        try:
-            model = train(model, plan, ctx)
-        except _StopEarly as stop:
-            metrics["accuracy"] = stop.accuracy
-            return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
-        ctx.check_time()
-        model = bake(model)
-        packed = pack_model(model)
-        metrics["memory_bytes"] = float(len(packed))  # re-measured on the trained weights
-        metrics["sparsity"] = sparsity(model)
-        metrics.update(measure_accuracy(model, task, measure))
+        with _alarm(timeout_s):
+            ctx = make_context(task, teacher_outputs, finetune, plan.seed)
+            ctx.time_limit_s = timeout_s
+            model = build_compressed(plan, ctx)
+            ctx.check_time()
+            metrics, measurement = measure_structure(final_form(model, ctx), task, measure, budget,
+                                                     need_peak=need_peak)
+            metrics.update(ctx.notes)
+            if not feasible(budget.constraints(metrics)):
+                return result(COMPLETE, metrics, measurement, stopped_at=STRUCTURE)
+            if should_stop is not None or on_epoch is not None:
+                ctx.on_epoch = _epoch_reporter(task, should_stop, on_epoch)
+            try:
+                model = train(model, plan, ctx)
+            except _StopEarly as stop:
+                metrics["accuracy"] = stop.accuracy
+                return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
+            ctx.check_time()
+            model = bake(model)
+            packed = pack_model(model)
+            metrics["memory_bytes"] = float(len(packed))  # re-measured on the trained weights
+            metrics["sparsity"] = sparsity(model)
+            metrics.update(measure_accuracy(model, task, measure))
     except Exception as exc:  # a trial's fault is recorded; the study goes on
         reason = f"{type(exc).__name__}: {exc}"
         last = traceback.extract_tb(exc.__traceback__)[-1:]

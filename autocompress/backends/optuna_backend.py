@@ -25,13 +25,14 @@ from autocompress.backends.storage import (
 )
 from autocompress.errors import ConfigError, TooManyFailures
 from autocompress.plan import Plan
+from autocompress.predictors import PlanPredictor
 from autocompress.space import SearchSpace
 from autocompress.trial import COMPLETE, FAILED, PRUNED, TrialResult
 
 PLAN_ATTR, METRICS_ATTR, MEASUREMENT_ATTR = "plan", "metrics", "measurement"
 DURATION_ATTR = "duration_s"
 CONSTRAINTS_ATTR, STOPPED_ATTR, CURVE_ATTR = "constraints", "stopped_at", "epoch_accuracy"
-SETTINGS_ATTR = "settings"
+SETTINGS_ATTR, PREDICTION_ATTR = "settings", "prediction"
 FIRST_TRIALS = 10  # more than half of these failing stops the search: a bug, not bad luck
 
 
@@ -50,9 +51,11 @@ class _TrialFailed(Exception):
     """Raised inside the objective so Optuna records the trial as FAIL; the study goes on."""
 
 
-def check_failures(study: optuna.Study) -> None:
-    """Raise :class:`TooManyFailures` once more than half of the first 10 trials failed."""
-    first = sorted((t for t in study.get_trials(deepcopy=False) if is_counted(t)),
+def check_failures(study: optuna.Study, *, since: int = 0) -> None:
+    """Raise :class:`TooManyFailures` once more than half of the first 10 trials numbered from
+    ``since`` (this run's first) failed: a rerun after a fix is judged on its own trials."""
+    first = sorted((t for t in study.get_trials(deepcopy=False)
+                    if is_counted(t) and t.number >= since),
                    key=lambda t: t.number)[:FIRST_TRIALS]
     failed = [t for t in first if t.state == optuna.trial.TrialState.FAIL]
     if len(failed) > FIRST_TRIALS // 2:
@@ -126,6 +129,22 @@ class EarlyStopping:
             self.shadow.tell(shadow, state=optuna.trial.TrialState.FAIL)
 
 
+def check_settings(storage: optuna.storages.BaseStorage, name: str,
+                   settings: Mapping[str, Any], *, where: str = "study") -> None:
+    """Refuse a stored study of this name whose settings differ, naming the first that does."""
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    kept = existing.user_attrs.get(SETTINGS_ATTR)
+    for key, value in settings.items():
+        if kept is not None and key in kept and kept[key] != _jsonable(value):
+            raise ConfigError(
+                where, key, _jsonable(value),
+                f"the {key} stored with study {name!r} ({kept[key]}), since its trials were "
+                f"run with it; use another name, --out or --storage for a new study")
+
+
 def open_study(
     storage: optuna.storages.RDBStorage, name: str, objectives: Mapping[str, str], *,
     sampler_name: str, seed: int, n_trials: int, settings: Mapping[str, Any] | None = None,
@@ -149,13 +168,7 @@ def open_study(
                 where, "objectives", list(objectives),
                 f"the objectives stored with study {name!r}: {stored} (or another name or --out)",
             )
-        kept = existing.user_attrs.get(SETTINGS_ATTR)
-        for key, value in (settings or {}).items():
-            if kept is not None and key in kept and kept[key] != _jsonable(value):
-                raise ConfigError(
-                    where, key, _jsonable(value),
-                    f"the {key} stored with study {name!r} ({kept[key]}), since its trials were "
-                    f"run with it; use another name, --out or --storage for a new study")
+        check_settings(storage, name, settings or {}, where=where)
     done = len(existing.trials) if existing is not None else 0
     # A resumed study gets a fresh stream of random numbers, so it does not repeat its trials.
     sampler = make_sampler(sampler_name, seed=seed + done, n_trials=n_trials)
@@ -191,6 +204,7 @@ def optimize(
     stand_in: Mapping[str, float] | None = None,
     early_stopping: EarlyStopping | None = None,
     on_result: Callable[[TrialResult], None] | None = None,
+    predictor: PlanPredictor | None = None,
 ) -> None:
     """Run up to ``n_trials`` trials, fewer once the study holds ``target`` finished ones
     (counting those running elsewhere): sample a Plan, ``run(plan, should_stop=, on_epoch=)``
@@ -208,6 +222,16 @@ def optimize(
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         plan = Plan(space.sample(trial), seed=seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+        if predictor is not None:
+            verdict = _judge(predictor, trial.study, plan, objectives)
+            if verdict is not None and verdict.skip:
+                trial.set_user_attr(PREDICTION_ATTR, verdict.to_dict())
+                trial.set_user_attr(STOPPED_ATTR, f"skipped: {verdict.reason}")
+                if on_result is not None:
+                    skipped = TrialResult(plan, PRUNED, stopped_at=f"skipped: {verdict.reason}")
+                    skipped.number = trial.number
+                    on_result(skipped)
+                raise optuna.TrialPruned(verdict.reason)
         curve: list[float] = []
         shadow = early_stopping.start() if early_stopping else None
 
@@ -240,13 +264,31 @@ def optimize(
         return tuple(result.metrics.get(name, stand_in.get(name, 0.0)) for name in objectives)
 
     running = (optuna.trial.TrialState.RUNNING,)
+    since = len(study.trials)
     with _optuna_quiet():
         for _ in range(n_trials):
             if target is not None and (count_finished(study) + len(
                     study.get_trials(deepcopy=False, states=running))) >= target:
                 break
             study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
-            check_failures(study)
+            check_failures(study, since=since)
+
+
+REFIT_EVERY = 5  # finished trials between refits of the predictor
+
+
+def _judge(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
+           objectives: Mapping[str, str]):
+    """Refit when enough new trials finished, then judge ``plan`` (None while warming up)."""
+    results = load_results(study)
+    done = sum(r.ok for r in results)
+    if not predictor.ready or done >= predictor.fitted_on + REFIT_EVERY:
+        predictor.fit(results)
+    if not predictor.ready:
+        return None
+    from autocompress.pareto import pareto_front
+
+    return predictor.judge(plan, pareto_front(results, objectives).members)
 
 
 def load_results(study: optuna.Study) -> list[TrialResult]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ def shares(remaining: int, jobs: int) -> list[int]:
 
 
 def _worker(body: WorkerBody, index: int, quota: int, threads: int, errors: Any) -> None:
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
@@ -37,17 +39,32 @@ def _worker(body: WorkerBody, index: int, quota: int, threads: int, errors: Any)
         errors.put(str(exc))
 
 
+def check_picklable(thing: object, *, where: str = "jobs") -> None:
+    """Workers receive their task pickled: refuse, naming why, what cannot travel."""
+    try:
+        pickle.dumps(thing)
+    except Exception as exc:
+        raise ConfigError(where, "jobs", "more than 1",
+                          f"1, or a task whose parts pickle for worker processes "
+                          f"(module-level functions, not lambdas): {exc}") from None
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGKILL when the parent dies, so a killed search leaves none."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_workers(body: WorkerBody, *, remaining: int, jobs: int, where: str = "jobs") -> None:
     """Run ``body(worker_index, quota)`` in ``jobs`` spawned processes and wait for them all.
 
     ``body`` must pickle (a module-level function or a ``functools.partial`` of one).
     """
-    try:
-        pickle.dumps(body)
-    except Exception as exc:
-        raise ConfigError(where, "jobs", jobs,
-                          f"1, or a task whose parts pickle for worker processes "
-                          f"(module-level functions): {exc}") from None
+    check_picklable(body, where=where)
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)

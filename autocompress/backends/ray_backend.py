@@ -118,6 +118,7 @@ def _searcher_class():
             self._on_result = on_result
             self._curves: dict[str, list[float]] = {}
             self.stop_reason = ""  # set when too many of the first trials failed
+            self.since = 0  # the number of this run's first trial
 
         def suggest(self, trial_id: str):
             if self.stop_reason:
@@ -176,7 +177,7 @@ def _searcher_class():
             self._ot_study.tell(ot_trial, values, state=state)
             self._completed_trials.add(trial_id)
             try:
-                check_failures(self._ot_study)
+                check_failures(self._ot_study, since=self.since)
             except TooManyFailures as exc:
                 self.stop_reason = str(exc)
             record_result.number = ot_trial.number
@@ -260,6 +261,7 @@ def optimize(
         objectives=objectives, constraint_names=constraint_names, stand_in=stand_in or {},
         on_result=on_result,
     )
+    searcher.since = done
     epochs = settings["finetune"].epochs
     scheduler = (ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
                                max_t=epochs + 1, grace_period=1, reduction_factor=3)

@@ -17,6 +17,7 @@ share one study.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
 import warnings
 from pathlib import Path
@@ -144,6 +145,17 @@ def fail_dead_trials(study: optuna.Study, *, without_heartbeat: bool = False) ->
             optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         numbers += sorted(after - before)
+        # killed between Optuna's ask and the trial's first heartbeat: no heartbeat row at all,
+        # while a live worker writes one at once; older than the grace period, it is dead
+        beating = _with_heartbeat(storage, study)
+        now = datetime.datetime.now()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            started = trial.datetime_start
+            if trial._trial_id not in beating and started is not None \
+                    and (now - started).total_seconds() > GRACE_S:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                    numbers.append(trial.number)
     return numbers
 
 
