@@ -20,6 +20,7 @@ BENCHMARKS = {
     "deep_compression": "benchmarks.deep_compression",
     "techniques": "benchmarks.techniques_alone",
     "search_efficiency": "benchmarks.search_efficiency",
+    "predictor": "benchmarks.predictor_gain",
 }
 
 

@@ -89,7 +89,7 @@ def main(quick: bool = False) -> Headline:
     small, large = per_trial[sizes[0]], per_trial[sizes[1]]
     growth = large / small
     share = 100 * large / trial_s
-    met = share < 2.0 and growth < 2.0
+    met = share < 2.0 and growth < 1.5  # 1.5: per-trial cost about flat, total about linear
     text = (f"controller cost at {sizes[1]} trials: {1000 * large:.1f} ms per trial = "
             f"{share:.2f}% of a quickstart trial (target < 2%); per-trial cost x{growth:.2f} "
             f"from {sizes[0]} to {sizes[1]} trials (linear total time: x1)")

@@ -93,7 +93,8 @@ def test_sigkill_mid_study_then_the_same_command_resumes_it(tmp_path):
     dead = stored.trials[killed.number]
     assert dead.state == States.FAIL and REASON_ATTR not in dead.user_attrs
     retry = [t for t in stored.trials if t.user_attrs.get(RETRY_ATTR) == killed.number]
-    assert len(retry) == 1 and retry[0].params == killed.params
+    # the choices drawn before the kill come back (a kill mid-sampling leaves only some)
+    assert len(retry) == 1 and killed.params.items() <= retry[0].params.items()
     assert retry[0].state in (States.COMPLETE, States.PRUNED)
     # the front is the front of every finished trial, whichever run finished it
     config = study_from_dict(STUDY)
