@@ -24,7 +24,7 @@ demo: install
 test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
-# Every benchmark (about 40 minutes on 2 cores), or the reduced versions (about 3 minutes).
+# Every benchmark (about 45 minutes on 2 cores), or the reduced versions (about 4 minutes).
 bench: install
 	$(BIN)/python -m benchmarks
 
