@@ -81,6 +81,14 @@ def compression(outcome: autocompress.StudyOutcome, member: autocompress.TrialRe
     return outcome.teacher["memory_bytes"] / member.metrics["memory_bytes"]
 
 
+def most_compressed(outcome: autocompress.StudyOutcome, points: float
+                    ) -> autocompress.TrialResult | None:
+    """The front member with the largest compression among those within ``points`` of the
+    teacher's test accuracy (the split the search never saw), or None."""
+    close = within(outcome, points, on="test_accuracy")
+    return max(close, key=lambda m: compression(outcome, m), default=None)
+
+
 def choices(member: autocompress.TrialResult, searched: list[str]) -> str:
     """The member's searched choices, short."""
     parts = []

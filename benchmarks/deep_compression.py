@@ -19,11 +19,11 @@ from benchmarks.common import (
     Headline,
     choices,
     compression,
+    most_compressed,
     run,
     scratch,
     study,
     table,
-    within,
 )
 
 PAPER = {"lenet300": (40.0, 1070e3, 27e3, 98.36), "lenet5": (39.0, 1720e3, 44e3, 99.20)}
@@ -43,8 +43,7 @@ def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
         "trials": trials, "sampler": "nsga2", "seed": 0,
     })
     outcome, wall = run(config, folder / teacher)
-    close = within(outcome, 0.5, on="test_accuracy")
-    best = max(close, key=lambda m: compression(outcome, m), default=None)
+    best = most_compressed(outcome, 0.5)
     ratio = compression(outcome, best) if best else 0.0
     target, before, after, paper_acc = PAPER[teacher]
     t = outcome.teacher

@@ -16,11 +16,11 @@ from benchmarks.common import (
     Headline,
     choices,
     compression,
+    most_compressed,
     run,
     scratch,
     study,
     table,
-    within,
 )
 
 SPACES = {"pruning only": "pruning_only", "quantization only": "quantization_only",
@@ -37,8 +37,7 @@ def main(quick: bool = False) -> Headline:
                             "budget": {"max_accuracy_drop": 0.5}, "finetune": {"epochs": 8},
                             "trials": trials})
             outcome, wall = run(config, folder / space)
-            close = within(outcome, 0.5, on="test_accuracy")
-            best = max(close, key=lambda m: compression(outcome, m), default=None)
+            best = most_compressed(outcome, 0.5)
             ratios[label] = compression(outcome, best) if best else 0.0
             rows.append([label, f"{ratios[label]:.1f}x",
                          f"{100 * best.metrics['test_accuracy']:.2f}%" if best else "-",
