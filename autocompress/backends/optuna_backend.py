@@ -19,7 +19,6 @@ import optuna
 from autocompress.backends.storage import (
     REASON_ATTR,
     RETRY_ATTR,
-    count_finished,
     is_counted,
     retried,
 )
@@ -263,12 +262,13 @@ def optimize(
             raise optuna.TrialPruned(result.stopped_at)
         return tuple(result.metrics.get(name, stand_in.get(name, 0.0)) for name in objectives)
 
-    running = (optuna.trial.TrialState.RUNNING,)
+    running = optuna.trial.TrialState.RUNNING
     since = len(study.trials)
     with _optuna_quiet():
         for _ in range(n_trials):
-            if target is not None and (count_finished(study) + len(
-                    study.get_trials(deepcopy=False, states=running))) >= target:
+            if target is not None and sum(  # finished here or running anywhere: one read
+                    is_counted(t) or t.state == running
+                    for t in study.get_trials(deepcopy=False)) >= target:
                 break
             study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
             check_failures(study, since=since)
