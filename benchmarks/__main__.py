@@ -21,6 +21,7 @@ BENCHMARKS = {
     "techniques": "benchmarks.techniques_alone",
     "search_efficiency": "benchmarks.search_efficiency",
     "predictor": "benchmarks.predictor_gain",
+    "nni": "benchmarks.nni_compare",
 }
 
 

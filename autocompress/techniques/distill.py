@@ -22,6 +22,7 @@ from torch import nn
 from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
+from autocompress.techniques import nni_adapter
 from autocompress.techniques.common import Context, weight_layers
 
 PARAMETERS = (
@@ -31,6 +32,11 @@ PARAMETERS = (
           low=0.0, high=1.0),
     Param("feature_weight", "float", 0.0,
           "weight of the penultimate-feature matching loss (0 = off)", low=0.0, high=10.0),
+    Param("method", "choice", "kd",
+          "kd: the loss above; nni.layerwise: plus NNI's MSE between matching layers' outputs",
+          values=("kd", *nni_adapter.DISTILLERS)),
+    Param("layer_weight", "float", 1.0, "nni.layerwise: weight of each matched layer's MSE",
+          low=0.0, high=10.0),
 )
 
 
@@ -156,7 +162,14 @@ def fit(
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    """Fine-tune the (narrowed, pruned, fake-quantized) student against the teacher."""
+    """Fine-tune the (narrowed, pruned, fake-quantized) student against the teacher.
+
+    When the plan asks for NNI's quantizer or distiller, NNI wraps the model for the same loop
+    (:func:`autocompress.techniques.nni_adapter.finetune`); the feature term is then off.
+    """
+    if nni_adapter.is_nni(plan.get("quantize.mode")) or nni_adapter.is_nni(
+            plan.get("distill.method")):
+        return nni_adapter.finetune(model, plan, ctx)
     fit(
         model,
         ctx.train_x,

@@ -13,6 +13,8 @@
 
 The criterion (:mod:`autocompress.techniques.importance`) is a choice too; gradient and Taylor
 criteria get their gradients from calibration batches of the training split, computed here.
+``nni.*`` criteria let NNI's pruners choose (:mod:`autocompress.techniques.nni_adapter`): their
+masks are kept as masks (unstructured) or become the units removed (structured).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from autocompress.params import Param
 from autocompress.plan import Plan
+from autocompress.techniques import nni_adapter
 from autocompress.techniques.common import Context, weight_layers
 from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
 
@@ -31,8 +34,9 @@ PARAMETERS = (
           low=0.0, high=0.99, per_layer=True),
     Param("kind", "choice", "unstructured", "zero single weights, or remove whole units",
           values=("unstructured", "structured")),
-    Param("criterion", "choice", "magnitude", "importance criterion that ranks what is removed",
-          values=CRITERIA),
+    Param("criterion", "choice", "magnitude",
+          "importance criterion that ranks what is removed (nni.*: NNI's pruner decides)",
+          values=CRITERIA + tuple(nni_adapter.PRUNERS)),
     Param("schedule", "choice", "oneshot",
           "unstructured only: prune all at once, or grow sparsity over the fine-tune epochs",
           values=("oneshot", "linear", "cubic")),
@@ -55,8 +59,10 @@ class WeightMask(nn.Module):
 def prunable_layers(model: nn.Module, plan: Plan) -> list[tuple[str, nn.Module]]:
     """The weight layers this plan may prune (first / last left out when protected)."""
     layers = weight_layers(model)
-    if plan.get("prune.protect_last", False) or plan.get("prune.kind") == "structured":
-        layers = layers[:-1]  # structured pruning never removes the model's outputs
+    whole_units = (plan.get("prune.kind") == "structured"
+                   or plan.get("prune.criterion") in nni_adapter.CHANNEL_PRUNERS)
+    if plan.get("prune.protect_last", False) or whole_units:
+        layers = layers[:-1]  # pruning whole units never removes the model's outputs
     if plan.get("prune.protect_first", False):
         layers = layers[1:]
     return layers
@@ -81,15 +87,34 @@ def _ranked_masks(scores: list[torch.Tensor], counts: list[int] | int) -> list[t
     return masks
 
 
+def _ratios(layers: list[tuple[str, nn.Module]], plan: Plan, fraction: float) -> dict[str, float]:
+    return {name: float(plan.for_layer("prune.ratio", name, 0.0)) * fraction for name, _ in layers}
+
+
+def _nni_masks(model: nn.Module, plan: Plan, layers: list[tuple[str, nn.Module]],
+               calibration: tuple[torch.Tensor, torch.Tensor] | None,
+               fraction: float) -> dict[str, torch.Tensor]:
+    if calibration is None:
+        raise ValueError("NNI criteria need calibration data (x, y)")
+    return nni_adapter.pruning_masks(model, _ratios(layers, plan, fraction),
+                                     str(plan.get("prune.criterion")), x=calibration[0],
+                                     y=calibration[1], seed=plan.seed)
+
+
 def weight_masks(
     model: nn.Module, plan: Plan, *, grads: dict[str, torch.Tensor] | None = None,
-    fraction: float = 1.0,
+    fraction: float = 1.0, calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """0/1 masks of the plan's unstructured pruning, at ``fraction`` of its target sparsity."""
+    """0/1 masks of the plan's unstructured pruning, at ``fraction`` of its target sparsity.
+
+    ``calibration`` (x, y) is the data an NNI criterion may need (Taylor's gradients).
+    """
     layers = prunable_layers(model, plan)
+    if nni_adapter.is_nni(plan.get("prune.criterion")):
+        return _nni_masks(model, plan, layers, calibration, fraction)
     crit = criterion(str(plan.get("prune.criterion", "magnitude")))
     scores = [crit.weight_scores(m.weight, (grads or {}).get(name)) for name, m in layers]
-    ratios = [float(plan.for_layer("prune.ratio", name, 0.0)) * fraction for name, _ in layers]
+    ratios = list(_ratios(layers, plan, fraction).values())
     counts: list[int] | int
     if any(f"prune.ratio.{name}" in plan.choices for name, _ in layers):
         counts = [round(r * s.numel()) for r, s in zip(ratios, scores, strict=True)]
@@ -132,14 +157,32 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(1, total)
 
 
+def unit_scores(
+    model: nn.Module, plan: Plan, grads: dict[str, torch.Tensor] | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A score per output unit of each prunable layer; the lowest go first.
+
+    With an NNI criterion the score is how many of the unit's weights NNI's mask keeps, so the
+    units NNI zeroed whole are exactly the ones removed.
+    """
+    layers = prunable_layers(model, plan)
+    if nni_adapter.is_nni(plan.get("prune.criterion")):
+        masks = _nni_masks(model, plan, layers, calibration, 1.0)
+        return {name: masks[name].flatten(1).sum(dim=1) for name, _ in layers}
+    crit = criterion(str(plan.get("prune.criterion", "magnitude")))
+    return {name: crit.unit_scores(m.weight, (grads or {}).get(name)) for name, m in layers}
+
+
 def remove_units(
     model: nn.Module, plan: Plan, example_input: torch.Tensor,
     grads: dict[str, torch.Tensor] | None = None,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Structured pruning in place; returns parameters and MACs before and after."""
     import torch_pruning as tp
 
-    crit = criterion(str(plan.get("prune.criterion", "magnitude")))
+    scores = unit_scores(model, plan, grads, calibration)
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     plans = []
@@ -149,8 +192,7 @@ def remove_units(
         n_removed = min(units - 1, round(ratio * units))
         if n_removed <= 0:
             continue
-        scores = crit.unit_scores(layer.weight, (grads or {}).get(name))
-        idxs = torch.argsort(scores, stable=True)[:n_removed].tolist()
+        idxs = torch.argsort(scores[name], stable=True)[:n_removed].tolist()
         handler = (tp.prune_linear_out_channels if isinstance(layer, nn.Linear)
                    else tp.prune_conv_out_channels)
         plans.append((layer, handler, idxs))
@@ -169,26 +211,29 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     )
     if not has_ratio:
         return model
-    crit = criterion(str(plan.get("prune.criterion", "magnitude")))
+    name = str(plan.get("prune.criterion", "magnitude"))
+    needs_gradients = not nni_adapter.is_nni(name) and criterion(name).needs_gradients
+    calibration = (ctx.train_x, ctx.train_y)
 
     def gradients() -> dict[str, torch.Tensor] | None:
-        if not crit.needs_gradients:
+        if not needs_gradients:
             return None
         return accumulate_gradients(model, ctx.train_x, ctx.train_y, seed=plan.seed)
 
     initial = gradients()
     if plan.get("prune.kind", "unstructured") == "structured":
-        ctx.notes.update(remove_units(model, plan, ctx.example_input, initial))
+        ctx.notes.update(remove_units(model, plan, ctx.example_input, initial, calibration))
         return model
     schedule = str(plan.get("prune.schedule", "oneshot"))
-    attach_masks(model, weight_masks(model, plan, grads=initial,
+    attach_masks(model, weight_masks(model, plan, grads=initial, calibration=calibration,
                                      fraction=schedule_fraction(schedule, 0, ctx.epochs)))
     if schedule != "oneshot":
         def tighten(epoch: int, current: nn.Module) -> None:
             # a copy (the structure probe) is untrained: the first gradients still hold for it
             grads = gradients() if current is model and epoch > 0 else initial
             fraction = schedule_fraction(schedule, epoch, ctx.epochs)
-            attach_masks(current, weight_masks(current, plan, grads=grads, fraction=fraction))
+            attach_masks(current, weight_masks(current, plan, grads=grads, fraction=fraction,
+                                               calibration=calibration))
 
         ctx.before_epoch.append(tighten)
     return model

@@ -8,7 +8,8 @@
 * ``quantize.mode``: ``qat`` passes the weights through ``torch.fake_quantize_per_channel_affine``
   while fine-tuning (forward rounded, backward straight through: quantization-aware
   distillation); ``ptq`` fine-tunes in float and quantizes afterwards, each channel's clipping
-  range calibrated to the smallest rounding error.
+  range calibrated to the smallest rounding error; ``nni.qat`` and ``nni.lsq`` fine-tune
+  through NNI's quantizers instead (symmetric; :mod:`autocompress.techniques.nni_adapter`).
 
 Pruned zeros stay exactly zero in both schemes. Each layer keeps its format in ``weight_bits``
 and ``weight_scheme`` for the stored-size measurement and the runtime.
@@ -23,6 +24,7 @@ from torch.nn.utils import parametrize
 from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, qmax
 from autocompress.params import Param
 from autocompress.plan import Plan
+from autocompress.techniques import nni_adapter
 from autocompress.techniques.common import Context, weight_layers
 
 BIT_WIDTHS = (2, 3, 4, 5, 6, 8, 16, 32)
@@ -33,8 +35,9 @@ PARAMETERS = (
           per_layer=True),
     Param("scheme", "choice", "symmetric", "integer grid around zero, or with a zero point",
           values=("symmetric", "asymmetric")),
-    Param("mode", "choice", "qat", "quantize while fine-tuning (qat) or after it (ptq)",
-          values=("qat", "ptq")),
+    Param("mode", "choice", "qat",
+          "quantize while fine-tuning (qat), after it (ptq), or through NNI's QAT / LSQ",
+          values=("qat", "ptq", *nni_adapter.QUANTIZERS)),
     Param("last_layer_8bit", "bool", False, "keep the output layer at 8 bits"),
 )
 
@@ -108,13 +111,19 @@ def _quantizer(module: nn.Module) -> FakeQuantize | None:
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    symmetric = plan.get("quantize.scheme", "symmetric") == "symmetric"
-    post_training = plan.get("quantize.mode", "qat") == "ptq"
+    mode = plan.get("quantize.mode", "qat")
+    by_nni = nni_adapter.is_nni(mode)  # NNI's quantizer wraps the layers while fine-tuning
+    symmetric = by_nni or plan.get("quantize.scheme", "symmetric") == "symmetric"
+    post_training = mode == "ptq"
     layers = weight_layers(model)
     quantized = False
     for i, (name, module) in enumerate(layers):
         bits = layer_bits(plan, name, i == len(layers) - 1)
         if bits >= 32:
+            continue
+        if by_nni:  # only the format is set now: sizes and latency are measured from it
+            setattr(module, BITS_ATTRIBUTE, bits)
+            setattr(module, SCHEME_ATTRIBUTE, "symmetric")
             continue
         parametrize.register_parametrization(
             module, "weight", FakeQuantize(bits, symmetric, enabled=not post_training)

@@ -1,0 +1,82 @@
+"""NNI's techniques against ours, one swap at a time, on the quickstart study.
+
+    .venv/bin/python -m benchmarks nni [--quick]
+
+LeNet-300-100 on mnist5k under the quickstart budget and objectives. Every row searches the same
+joint space (student width, pruning ratio and kind, bits, distillation temperature and alpha)
+with the same sampler, seed and trial count; only one choice differs from the first row: the
+pruning criterion, the quantization method or the distillation loss. Reported: the largest
+compression among front members within 1 test point of the teacher, the feasible trials, the
+mean seconds per trial and the wall time. There is no target: this is the comparison
+``docs/nni.md`` quotes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import Headline, compression, most_compressed, run, scratch, study, table
+
+BASE = {
+    "student": {"width": {"low": 0.3, "high": 1.0}},
+    "prune": {"ratio": {"low": 0.0, "high": 0.95}, "kind": ["unstructured", "structured"],
+              "criterion": "magnitude"},
+    "quantize": {"bits": [2, 4, 8, 32], "mode": "qat", "last_layer_8bit": True},
+    "distill": {"temperature": {"low": 1.0, "high": 8.0}, "alpha": {"low": 0.0, "high": 1.0},
+                "method": "kd"},
+}
+ROWS = {  # label: (section, parameter, value) swapped into BASE
+    "ours (magnitude, qat, kd)": None,
+    "ours, taylor criterion": ("prune", "criterion", "taylor"),
+    "nni.level pruner": ("prune", "criterion", "nni.level"),
+    "nni.l1 pruner": ("prune", "criterion", "nni.l1"),
+    "nni.fpgm pruner": ("prune", "criterion", "nni.fpgm"),
+    "nni.taylor pruner": ("prune", "criterion", "nni.taylor"),
+    "nni.qat quantizer": ("quantize", "mode", "nni.qat"),
+    "nni.lsq quantizer": ("quantize", "mode", "nni.lsq"),
+    "nni.layerwise distiller": ("distill", "method", "nni.layerwise"),
+}
+
+
+def space_file(folder: Path, label: str, swap: tuple[str, str, str] | None) -> Path:
+    space = {section: dict(body) for section, body in BASE.items()}
+    if swap is not None:
+        section, name, value = swap
+        space[section][name] = value
+    path = folder / f"space-{len(list(folder.glob('space-*.yaml')))}.yaml"
+    path.write_text(f"# {label}\n" + yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def main(quick: bool = False) -> Headline:
+    trials = 6 if quick else 24
+    rows, ratios = [], {}
+    with scratch() as folder:
+        for i, (label, swap) in enumerate(ROWS.items()):
+            config = study({"name": f"nni{i}", "space": str(space_file(folder, label, swap)),
+                            "trials": trials, "sampler": "tpe"})
+            outcome, wall = run(config, folder / f"run{i}")
+            best = most_compressed(outcome, 1.0)
+            ratios[label] = compression(outcome, best) if best else 0.0
+            done = [r for r in outcome.results if r.state != "failed"]
+            failed = len(outcome.results) - len(done)
+            rows.append([label, f"{ratios[label]:.1f}x" if best else "-",
+                         f"{100 * best.metrics['test_accuracy']:.2f}%" if best else "-",
+                         f"{best.metrics['memory_bytes'] / 1e3:.1f} kB" if best else "-",
+                         sum(r.feasible for r in outcome.results), failed,
+                         f"{sum(r.duration_s for r in outcome.results) / len(outcome.results):.2f}",
+                         f"{wall:.0f}"])
+    print(table(["variant", "compression", "test acc", "size", "feasible", "failed",
+                 "s/trial", "wall s"], rows))
+    ours = ratios["ours (magnitude, qat, kd)"]
+    best_nni = max((v, k) for k, v in ratios.items() if k.startswith("nni."))
+    text = (f"best NNI row {best_nni[1]}: {best_nni[0]:.1f}x within 1 test point vs ours "
+            f"{ours:.1f}x ({trials} trials each, TPE, seed 0)")
+    print(text)
+    return Headline("NNI against ours", text, None)
+
+
+if __name__ == "__main__":
+    main()
