@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres
+EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres,transformers
 
 .PHONY: install demo test bench bench-quick test-slow lint clean-studies chromium postgres
 
@@ -24,7 +24,7 @@ demo: install
 test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
-# Every benchmark (about 45 minutes on 2 cores), or the reduced versions (about 4 minutes).
+# Every benchmark (about an hour on 2 cores), or the reduced versions (about 4 minutes).
 bench: install
 	$(BIN)/python -m benchmarks
 

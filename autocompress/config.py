@@ -99,7 +99,7 @@ class StudyConfig:
     trial_timeout: float | None = None   # seconds; a trial running longer fails
     storage: str | None = None   # SQLAlchemy URL; default sqlite:///<out>/study.db
     jobs: int = 1                # worker processes on this machine sharing the study
-    predictor: bool = False      # skip Plans a learned model confidently calls hopeless
+    predictor: bool = True       # skip training Plans a learned model confidently calls hopeless
     predictor_warmup: int = 30   # finished trials before the predictor starts judging
     predictor_max_skip: float = 0.3  # at most this share of trials is skipped
     source: str = "<dict>"
@@ -340,7 +340,7 @@ def study_from_dict(
         trial_timeout=timeout,
         storage=storage,
         jobs=_int(where, "jobs", data.get("jobs", 1), 1, 64),
-        predictor=_predictor_switch(where, data.get("predictor", False)),
+        predictor=_predictor_switch(where, data.get("predictor", True)),
         predictor_warmup=_int(where, "predictor_warmup", data.get("predictor_warmup", 30), 5),
         predictor_max_skip=_share(where, "predictor_max_skip",
                                   data.get("predictor_max_skip", 0.3)),

@@ -1,7 +1,9 @@
 """Learned predictors: a Plan's metrics from the trials already run, to skip hopeless Plans.
 
 A random forest (scikit-learn) per objective maps a Plan's searched choices to the metric; the
-spread of its trees' predictions is the uncertainty. A Plan is skipped only when even its
+spread of its trees' predictions is the uncertainty. In a search the judgement comes after the
+trial's structure stage, so size and latency are measured and only accuracy is predicted: what
+is skipped is the fine-tuning, the expensive part. A Plan is skipped only when even its
 optimistic estimate (``z`` tree spreads toward the good side of every objective, 1 by default)
 breaks the budget or is dominated by the current front: a confident call, not a guess. Replaying
 a recorded 80-trial study (tests/test_predictors.py), z = 1 skipped 6 of 60 plans, none of them
@@ -99,11 +101,16 @@ class PlanPredictor:
             mean[name], spread[name] = float(per_tree.mean()), float(per_tree.std())
         return Prediction(mean, spread)
 
-    def judge(self, plan: Plan, front: Sequence[Any]) -> Prediction:
+    def judge(self, plan: Plan, front: Sequence[Any],
+              measured: Mapping[str, float] | None = None) -> Prediction:
         """The prediction, with ``skip`` set when the optimistic estimate is infeasible or
-        dominated by ``front`` and the skip share allows it."""
+        dominated by ``front`` and the skip share allows it. ``measured`` metrics (size and
+        latency from the structure stage) are taken as they are, with no spread."""
         self.seen += 1
         prediction = self.predict(plan)
+        for name, value in (measured or {}).items():
+            if name in prediction.mean:
+                prediction.mean[name], prediction.spread[name] = float(value), 0.0
         hopeful = {name: prediction.mean[name]
                    + (self.z if direction == "max" else -self.z) * prediction.spread[name]
                    for name, direction in self.objectives.items()}

@@ -179,12 +179,12 @@ class _Search:
     def runner(self, outputs: TeacherOutputs):
         config = self.config
 
-        def run(plan, *, should_stop=None, on_epoch=None):
+        def run(plan, *, should_stop=None, on_epoch=None, judge=None):
             return run_trial(plan, self.task, teacher_outputs=outputs, finetune=config.finetune,
                              measure=config.measure, budget=config.budget,
                              teacher_metrics=self.teacher_metrics, need_peak=self.need_peak,
                              should_stop=should_stop, on_epoch=on_epoch,
-                             timeout_s=config.trial_timeout)
+                             timeout_s=config.trial_timeout, judge=judge)
 
         return run
 
@@ -200,11 +200,6 @@ class _Search:
         early = (optuna_backend.EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
                  if config.pruner != "none" else None)
         prefix = f"[worker {index}] " if config.jobs > 1 else ""
-        predictor = (PlanPredictor(self.space, config.objectives, config.budget,
-                                   self.teacher_metrics.get("accuracy"),
-                                   warmup=config.predictor_warmup,
-                                   max_skip_share=config.predictor_max_skip, seed=config.seed)
-                     if config.predictor else None)
         optuna_backend.optimize(
             study, self.space, self.runner(outputs), n_trials=quota, target=config.trials,
             seed=config.seed, objectives=config.objectives,
@@ -212,7 +207,17 @@ class _Search:
             stand_in={**self.teacher_metrics, "accuracy": 0.0}, early_stopping=early,
             on_result=_trial_line(config.trials, count_finished(study), self.space, progress,
                                   self.out, prefix, finished=lambda: count_finished(study)),
-            predictor=predictor)
+            predictor=self.predictor())
+
+    def predictor(self) -> PlanPredictor | None:
+        """The study's learned predictor (``predictor: on``, the default), unfitted."""
+        config = self.config
+        if not config.predictor:
+            return None
+        return PlanPredictor(self.space, config.objectives, config.budget,
+                             self.teacher_metrics.get("accuracy"),
+                             warmup=config.predictor_warmup,
+                             max_skip_share=config.predictor_max_skip, seed=config.seed)
 
 
 def _print_line(line: str) -> None:
@@ -355,6 +360,7 @@ def _run_on_ray(search: _Search, remaining: int, progress: Progress,
         stand_in={**search.teacher_metrics, "accuracy": 0.0},
         on_result=_trial_line(config.trials, config.trials - remaining, search.space, progress,
                               search.out),
+        predictor=search.predictor(),
     )
 
 

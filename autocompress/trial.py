@@ -45,6 +45,7 @@ from autocompress.techniques.prune import sparsity
 
 COMPLETE, FAILED, PRUNED = "complete", "failed", "pruned"
 STRUCTURE = "structure"
+SKIPPED = "skipped"  # stopped_at prefix of a trial a learned predictor did not train
 MAIN_COLUMNS = ("accuracy", "latency_ms", "memory_bytes")  # kept first, never renamed
 
 
@@ -60,7 +61,8 @@ class TrialResult:
     duration_s: float = 0.0
     number: int | None = None
     constraints: dict[str, float] = field(default_factory=dict)
-    stopped_at: str = ""  # "structure" (constraint-first stop), "epoch N" (early stop), or ""
+    stopped_at: str = ""  # "structure" (constraint-first stop), "epoch N" (early stop),
+    # "skipped: why" (a learned predictor's call), or ""
     packed: bytes | None = field(default=None, repr=False)  # the finished model's stored form
 
     @property
@@ -258,14 +260,17 @@ def run_trial(
     on_epoch: Callable[[int, float], None] | None = None,
     train: Callable[[nn.Module, Plan, Context], nn.Module] = distill.apply,
     timeout_s: float | None = None,
+    judge: Callable[[Mapping[str, float]], str] | None = None,
 ) -> TrialResult:
     """Build, check against the budget, fine-tune, bake and measure the model of ``plan``.
 
     ``should_stop(epoch, val_accuracy)`` may end training early (state ``pruned``);
     ``on_epoch(epoch, val_accuracy)`` sees every epoch. ``train`` is the fine-tuning step.
     ``timeout_s`` fails the trial once it has run that long (checked before every training
-    batch and between stages). Never raises for trial faults (any exception, a non-finite loss
-    or metric, the time limit): they come back as a failed result with the reason.
+    batch and between stages). ``judge(structure_metrics)`` (a learned predictor) may return a
+    reason not to train a Plan that fits: the trial then ends ``pruned``, ``skipped: reason``.
+    Never raises for trial faults (any exception, a non-finite loss or metric, the time limit):
+    they come back as a failed result with the reason.
     """
     budget = budget or Budget()
     teacher_accuracy = (teacher_metrics or {}).get("accuracy")
@@ -290,6 +295,9 @@ def run_trial(
             metrics.update(ctx.notes)
             if not feasible(budget.constraints(metrics)):
                 return result(COMPLETE, metrics, measurement, stopped_at=STRUCTURE)
+            skip = judge(metrics) if judge is not None else ""
+            if skip:
+                return result(PRUNED, metrics, measurement, stopped_at=f"{SKIPPED}: {skip}")
             if should_stop is not None or on_epoch is not None:
                 ctx.on_epoch = _epoch_reporter(task, should_stop, on_epoch)
             try:

@@ -30,3 +30,14 @@ def cnn_teacher(digits):
     model = TEACHERS["lenet5"](digits.input_shape, digits.num_classes)
     distill.fit(model, digits.train.x, digits.train.y, epochs=6, batch_size=64)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def vit_teacher(digits):
+    """A 4-block ViT (width 32, 4 heads) trained on the 8x8 digits (a few seconds)."""
+    from autocompress.tasks.vit import ViT
+
+    torch.manual_seed(0)
+    model = ViT(digits.input_shape, digits.num_classes, dim=32, depth=4, heads=4, hidden=64)
+    distill.fit(model, digits.train.x, digits.train.y, epochs=12, batch_size=64)
+    return model.eval()

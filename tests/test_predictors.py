@@ -19,6 +19,7 @@ STUDY = {
     "finetune": {"epochs": 2},
     "trials": 80,
     "sampler": "random",
+    "predictor": "off",  # recorded without skips: the replay below judges every plan
 }
 
 
@@ -61,10 +62,18 @@ def test_a_search_with_the_predictor_records_skipped_plans(digits, mlp_teacher, 
     skipped = [r for r in outcome.results if r.stopped_at.startswith("skipped")]
     assert len(outcome.results) == 30 and len(skipped) <= 0.5 * 20
     stored = optuna.load_study(study_name="recorded", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    judged = [t for t in stored.trials if "prediction" in t.user_attrs]
+    assert judged  # after the warmup, every plan that fits its structure budget is judged
+    for trial in judged:  # the size was measured before the call: no spread on it
+        assert trial.user_attrs["prediction"]["spread"]["memory_bytes"] == 0.0
     for result in skipped:
         trial = stored.trials[result.number]
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert {"mean", "spread", "reason"} <= set(trial.user_attrs["prediction"])
+        # skipped after the structure stage: measured, not trained
+        assert trial.user_attrs["prediction"]["mean"]["memory_bytes"] == \
+            result.metrics["memory_bytes"]
+        assert "accuracy" not in result.metrics
 
 
 def test_replaying_the_study_skips_few_front_members(recorded):
@@ -76,10 +85,12 @@ def test_replaying_the_study_skips_few_front_members(recorded):
     for i, result in enumerate(results):
         if i % 5 == 0:
             predictor.fit(results[:i])
-        if not predictor.ready:
-            continue
+        if not predictor.ready or result.stopped_at == "structure":
+            continue  # a search judges only plans that pass the structure stage
         so_far = autocompress.pareto_front(results[:i], recorded.config.objectives)
-        if predictor.judge(result.plan, so_far.members).skip:
+        # as in a search, the size is measured (here: the recorded one) and accuracy predicted
+        measured = {"memory_bytes": result.metrics["memory_bytes"]}
+        if predictor.judge(result.plan, so_far.members, measured).skip:
             skipped.append(result.number)
     assert predictor.skipped == len(skipped) <= 0.5 * predictor.seen
     assert skipped  # it does call some plans hopeless

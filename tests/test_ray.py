@@ -81,6 +81,25 @@ def test_same_study_on_both_backends_gives_close_hypervolumes(local_ray, tmp_pat
     assert on_ray.front.hypervolume == pytest.approx(local.front.hypervolume, rel=0.05)
 
 
+def test_the_predictor_judges_ray_trials_before_they_train(local_ray, tmp_path):
+    study = {**STUDY, "name": "judged", "objectives": {"accuracy": "max", "memory_bytes": "min"},
+             "trials": 14, "predictor": "on", "predictor_warmup": 5, "predictor_max_skip": 0.5,
+             "finetune": {"epochs": 1}}
+    outcome = autocompress.run_study(study_from_dict(study), out_dir=tmp_path)
+    assert len(outcome.results) == 14
+    stored = optuna.load_study(study_name="judged", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    judged = [t for t in stored.trials if "prediction" in t.user_attrs]
+    assert judged  # the workers asked the driver-side predictor once 5 trials were measured
+    for trial in judged:
+        prediction = trial.user_attrs["prediction"]
+        assert set(prediction["mean"]) == {"accuracy", "memory_bytes"}
+        assert prediction["spread"]["memory_bytes"] == 0.0  # measured in the worker first
+    skipped = [t for t in stored.trials
+               if str(t.user_attrs.get("stopped_at", "")).startswith("skipped")]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in skipped)
+    assert len(skipped) <= 0.5 * len(judged)
+
+
 def test_a_killed_worker_is_retried_and_the_study_completes(local_ray, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()

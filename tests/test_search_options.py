@@ -93,12 +93,15 @@ def test_peak_memory_is_measured_when_asked(mlp_teacher, digits):
 
 
 SPACES = sorted(p.stem for p in (PROJECT_ROOT / "search_spaces").glob("*.yaml"))
+TRANSFORMER_SPACES = {"vit"}  # for transformer teachers only
+CASES = [(space, teacher) for space in SPACES if space not in TRANSFORMER_SPACES
+         for teacher in ("mlp_teacher", "cnn_teacher")]
+CASES += [(space, "vit_teacher") for space in sorted(TRANSFORMER_SPACES)]
 
 
-@pytest.mark.parametrize("space_name", SPACES)
-@pytest.mark.parametrize("teacher_name", ["mlp_teacher", "cnn_teacher"])
-def test_every_shipped_space_runs_a_trial_on_both_teachers(request, digits, space_name,
-                                                           teacher_name):
+@pytest.mark.parametrize("space_name, teacher_name", CASES)
+def test_every_shipped_space_runs_a_trial_on_its_teachers(request, digits, space_name,
+                                                          teacher_name):
     teacher = request.getfixturevalue(teacher_name)
     task = Task("digits", teacher, digits.train, digits.val)
     space = SearchSpace.from_yaml(PROJECT_ROOT / "search_spaces" / f"{space_name}.yaml")

@@ -221,16 +221,15 @@ def optimize(
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         plan = Plan(space.sample(trial), seed=seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+        judge = None
         if predictor is not None:
-            verdict = _judge(predictor, trial.study, plan, objectives)
-            if verdict is not None and verdict.skip:
+            def judge(measured: Mapping[str, float]) -> str:
+                verdict = _judge(predictor, trial.study, plan, objectives, measured)
+                if verdict is None:
+                    return ""
                 trial.set_user_attr(PREDICTION_ATTR, verdict.to_dict())
-                trial.set_user_attr(STOPPED_ATTR, f"skipped: {verdict.reason}")
-                if on_result is not None:
-                    skipped = TrialResult(plan, PRUNED, stopped_at=f"skipped: {verdict.reason}")
-                    skipped.number = trial.number
-                    on_result(skipped)
-                raise optuna.TrialPruned(verdict.reason)
+                return verdict.reason if verdict.skip else ""
+
         curve: list[float] = []
         shadow = early_stopping.start() if early_stopping else None
 
@@ -239,7 +238,7 @@ def optimize(
             return shadow.should_prune()
 
         result = run(plan, should_stop=should_stop if shadow else None,
-                     on_epoch=lambda epoch, accuracy: curve.append(accuracy))
+                     on_epoch=lambda epoch, accuracy: curve.append(accuracy), judge=judge)
         result.number = trial.number
         if shadow is not None:
             early_stopping.finish(shadow, curve, pruned=result.state == PRUNED)
@@ -278,8 +277,9 @@ REFIT_EVERY = 5  # finished trials between refits of the predictor
 
 
 def _judge(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
-           objectives: Mapping[str, str]):
-    """Refit when enough new trials finished, then judge ``plan`` (None while warming up)."""
+           objectives: Mapping[str, str], measured: Mapping[str, float]):
+    """Refit when enough new trials finished, then judge ``plan`` with its ``measured``
+    structure metrics (None while warming up)."""
     results = load_results(study)
     done = sum(r.ok for r in results)
     if not predictor.ready or done >= predictor.fitted_on + REFIT_EVERY:
@@ -288,7 +288,7 @@ def _judge(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
         return None
     from autocompress.pareto import pareto_front
 
-    return predictor.judge(plan, pareto_front(results, objectives).members)
+    return predictor.judge(plan, pareto_front(results, objectives).members, measured)
 
 
 def load_results(study: optuna.Study) -> list[TrialResult]:

@@ -30,8 +30,10 @@ from autocompress.backends.optuna_backend import (
     MEASUREMENT_ATTR,
     METRICS_ATTR,
     PLAN_ATTR,
+    PREDICTION_ATTR,
     REASON_ATTR,
     STOPPED_ATTR,
+    _judge,
     _optuna_quiet,
     check_failures,
     make_sampler,
@@ -39,6 +41,7 @@ from autocompress.backends.optuna_backend import (
 from autocompress.backends.storage import RETRY_ATTR, open_storage
 from autocompress.errors import TooManyFailures
 from autocompress.plan import Plan
+from autocompress.predictors import PlanPredictor
 from autocompress.space import SearchSpace
 from autocompress.trial import FAILED, PRUNED, TrialResult, run_trial
 
@@ -71,14 +74,54 @@ def _trainable(config: dict, *, task, outputs, settings: dict) -> None:
         tune.report({"accuracy": accuracy, "epoch": epoch, "final": False,
                      "node": json.dumps(node)})
 
+    host, prediction = settings.get("predictor_host"), {}
+
+    def judge(measured: Mapping[str, float]) -> str:
+        verdict = ray.get(host.judge.remote(plan.to_json(), dict(measured)))
+        prediction.update(verdict or {})
+        return prediction.get("skip_reason", "")
+
     result = run_trial(plan, task, teacher_outputs=outputs, finetune=settings["finetune"],
                        measure=measure, budget=settings["budget"],
                        teacher_metrics=settings["teacher_metrics"],
                        need_peak=settings["need_peak"], timeout_s=settings.get("timeout_s"),
-                       on_epoch=on_epoch if settings["scheduler"] == "asha" else None)
+                       on_epoch=on_epoch if settings["scheduler"] == "asha" else None,
+                       judge=judge if host is not None else None)
+    record = _result_to_dict(result)
+    if prediction:
+        record["prediction"] = prediction
     tune.report({"final": True, "epoch": settings["finetune"].epochs + 1,
-                 "result": json.dumps(_result_to_dict(result)), "node": json.dumps(node),
+                 "result": json.dumps(record), "node": json.dumps(node),
                  **{k: v for k, v in result.metrics.items()}})
+
+
+class PredictorHost:
+    """The study's learned predictor, in one Ray actor on the driver's node, where the study's
+    storage is: every worker asks it before training, so one skip share holds for the study."""
+
+    def __init__(self, predictor: PlanPredictor, study_name: str, storage: str,
+                 objectives: Mapping[str, str]) -> None:
+        self.predictor, self.objectives = predictor, dict(objectives)
+        self.study = optuna.load_study(study_name=study_name,
+                                       storage=open_storage(storage, heartbeat=False))
+
+    def judge(self, plan_json: str, measured: dict[str, float]) -> dict[str, Any] | None:
+        verdict = _judge(self.predictor, self.study, Plan.from_json(plan_json), self.objectives,
+                         measured)
+        if verdict is None:
+            return None
+        return {**verdict.to_dict(), "skip_reason": verdict.reason if verdict.skip else ""}
+
+
+def _start_predictor_host(predictor: PlanPredictor, study_name: str, storage: str,
+                          objectives: Mapping[str, str]):
+    ray, _ = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(PredictorHost).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+    ).remote(predictor, study_name, storage, objectives)
 
 
 def _result_to_dict(result: TrialResult) -> dict[str, Any]:
@@ -191,6 +234,9 @@ def _record(ot_trial: optuna.Trial, record: dict, node: str | None) -> TrialResu
     """Write one worker's result into the Optuna trial, as the Optuna backend does."""
     ot_trial.set_user_attr(DURATION_ATTR, record["duration_s"])
     ot_trial.set_user_attr(STOPPED_ATTR, record["stopped_at"])
+    if record.get("prediction"):
+        ot_trial.set_user_attr(PREDICTION_ATTR, {k: v for k, v in record["prediction"].items()
+                                                 if k != "skip_reason"})
     if node:
         ot_trial.set_user_attr(NODE_ATTR, json.loads(node))
     if record["state"] == FAILED:
@@ -242,8 +288,12 @@ def optimize(
     constraint_names: Sequence[str] = (),
     stand_in: Mapping[str, float] | None = None,
     on_result: Callable[[TrialResult], None] | None = None,
+    predictor: PlanPredictor | None = None,
 ) -> None:
-    """Run ``n_trials`` more trials on Ray Tune; they land in ``storage`` like Optuna's."""
+    """Run ``n_trials`` more trials on Ray Tune; they land in ``storage`` like Optuna's.
+
+    With a ``predictor``, each worker asks it (through :class:`PredictorHost`) whether to train
+    a Plan once its structure is measured, as the Optuna backend does."""
     _, tune = _ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -266,8 +316,10 @@ def optimize(
     scheduler = (ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
                                max_t=epochs + 1, grace_period=1, reduction_factor=3)
                  if ray_config.scheduler == "asha" else FIFOScheduler())
+    host = (_start_predictor_host(predictor, study_name, storage, objectives)
+            if predictor is not None else None)
     settings = {**settings, "cpus_per_trial": ray_config.cpus_per_trial,
-                "scheduler": ray_config.scheduler}
+                "scheduler": ray_config.scheduler, "predictor_host": host}
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, task=task, outputs=outputs, settings=settings),
         {"cpu": ray_config.cpus_per_trial, "gpu": ray_config.gpus_per_trial},
@@ -283,7 +335,11 @@ def optimize(
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures),
         ),
     )
-    with _optuna_quiet():  # OptunaSearch creates (loads) the study when the run starts
-        tuner.fit()
+    try:
+        with _optuna_quiet():  # OptunaSearch creates (loads) the study when the run starts
+            tuner.fit()
+    finally:
+        if host is not None:
+            _ray()[0].kill(host)
     if searcher.stop_reason:
         raise TooManyFailures(searcher.stop_reason)

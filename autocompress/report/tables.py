@@ -46,9 +46,9 @@ def describe_result(result: Any) -> str:
     """One trial in a line: its figures, or why it stopped or failed."""
     if result.state == "failed":
         return f"FAILED {result.reason}"
-    if result.stopped_at.startswith("skipped"):
-        return f"not run: {result.stopped_at.removeprefix('skipped: ')}"
     text = describe_metrics(result.metrics)
+    if result.stopped_at.startswith("skipped"):
+        return f"{text}  not trained: {result.stopped_at.removeprefix('skipped: ')}"
     if result.stopped_at == "structure":
         return f"{text}  over budget at structure ({result.violations}), not trained"
     if result.stopped_at:

@@ -1,7 +1,8 @@
-"""Teachers we define ourselves, as flat ``nn.Sequential`` stacks.
+"""Teachers we define ourselves: flat ``nn.Sequential`` stacks, and a small ViT.
 
 Flat stacks of linear / conv blocks are what the student builder can narrow and migrate, so the
-built-in teachers are written that way.
+LeNets are written that way; the ViT (:mod:`autocompress.tasks.vit`) is cut by the transformer
+technique instead (blocks, heads, feed-forward neurons).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from autocompress.tasks.vit import vit_tiny
 
 
 def lenet300(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -48,7 +51,8 @@ def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     )
 
 
-TEACHERS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
+TEACHERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "lenet300": lenet300,
     "lenet5": lenet5,
+    "vit_tiny": vit_tiny,
 }

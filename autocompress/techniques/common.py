@@ -43,6 +43,7 @@ class Context:
     after_training: list[Callable[[nn.Module], None]] = field(default_factory=list)
     notes: dict[str, float] = field(default_factory=dict)
     time_limit_s: float | None = None  # the study's trial_timeout
+    block_map: tuple[int, ...] | None = None  # teacher block of each student block (transformers)
     started: float = field(default_factory=time.monotonic)
 
     def check_time(self) -> None:

@@ -2,16 +2,24 @@
 
 loss = alpha * KL(softmax(t / T) || softmax(s / T)) * T**2 + (1 - alpha) * cross-entropy(s, y)
        + feature_weight * MSE(P(student features), teacher features)
+       + hidden_weight * mean over matched blocks MSE(P_b(student block out), teacher block out)
+       + attention_weight * mean over matched blocks MSE(student map, teacher map)
 
 The T**2 factor keeps the soft term's gradients on the scale of the hard term's (Hinton et al.
 2015). The optional feature term matches the inputs of the last weight layer (the penultimate
 features), through a learned linear map ``P`` when the student is narrower (FitNets, Romero et
 al. 2015); ``P`` is trained with the student and then dropped. The teacher's logits and features
 come precomputed in the context, once per study.
+
+For transformers, each student block is matched with the teacher block it was taken from
+(``ctx.block_map``; TinyBERT, Jiao et al. 2020, matches blocks the same way): the hidden-state
+term compares block outputs (through a learned linear map ``P_b`` where widths differ), the
+attention term compares attention maps averaged over heads (head pruning changes their number).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -36,6 +44,12 @@ PARAMETERS = (
           "kd: the loss above; nni.layerwise: plus NNI's MSE between matching layers' outputs",
           values=("kd", *nni_adapter.DISTILLERS)),
     Param("layer_weight", "float", 1.0, "nni.layerwise: weight of each matched layer's MSE",
+          low=0.0, high=10.0),
+    Param("hidden_weight", "float", 0.0,
+          "transformers: weight of the matched blocks' hidden-state MSE (0 = off)",
+          low=0.0, high=10.0),
+    Param("attention_weight", "float", 0.0,
+          "transformers: weight of the matched blocks' attention-map MSE (0 = off)",
           low=0.0, high=10.0),
 )
 
@@ -95,6 +109,89 @@ class _FeatureMatch:
         return F.mse_loss(self.projection(self.current), self.target[idx])
 
 
+def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      projections: Sequence[nn.Module]) -> torch.Tensor:
+    """Mean over matched blocks of MSE(P_b(student output), teacher output)."""
+    terms = [F.mse_loss(p(s), t) for s, t, p in zip(student, teacher, projections, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def attention_map_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+                       ) -> torch.Tensor:
+    """Mean over matched blocks of MSE between head-averaged attention maps (batch, n, n)."""
+    terms = [F.mse_loss(s.mean(dim=1), t.mean(dim=1)) for s, t in zip(student, teacher,
+                                                                       strict=True)]
+    return torch.stack(terms).mean()
+
+
+class _BlockMatch:
+    """Captures matched student and teacher block outputs (and attention maps) per batch."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, block_map: Sequence[int] | None,
+                 *, hidden_weight: float, attention_weight: float, example: torch.Tensor
+                 ) -> None:
+        from autocompress.techniques.transformer import Encoder
+
+        self.teacher = copy.deepcopy(teacher).eval()  # hooks never touch the shared teacher
+        mine, theirs = Encoder.find(student), Encoder.find(self.teacher)
+        if mine is None or theirs is None:
+            raise TrialError("distill.hidden_weight / attention_weight need a transformer "
+                             "student and teacher")
+        if attention_weight > 0 and "bert" in (mine.kind, theirs.kind):
+            raise TrialError("distill.attention_weight: attention maps are captured from our "
+                             "ViT only; use hidden_weight for BERT-style encoders")
+        self.map = list(block_map) if block_map is not None else list(range(len(mine.blocks)))
+        if len(self.map) != len(mine.blocks) or max(self.map) >= len(theirs.blocks):
+            raise TrialError("distill: the student's blocks do not map onto the teacher's")
+        self.weights = (hidden_weight, attention_weight)
+        self.student_out: dict[int, torch.Tensor] = {}
+        self.teacher_out: dict[int, torch.Tensor] = {}
+        self.hooks = [block.register_forward_hook(self._keep(self.student_out, i))
+                      for i, block in enumerate(mine.blocks)]
+        self.hooks += [theirs.blocks[j].register_forward_hook(self._keep(self.teacher_out, j))
+                       for j in set(self.map)]
+        self.attentions = ([b.attn for b in mine.blocks], [theirs.blocks[j].attn for j in self.map]
+                           ) if attention_weight > 0 else ([], [])
+        for attn in self.attentions[0] + self.attentions[1]:
+            attn.keep_probs = True
+        with torch.no_grad():
+            student.eval()(example)
+            self.teacher(example)
+        self.projections = nn.ModuleList(
+            nn.Identity() if self.student_out[i].shape[-1] == self.teacher_out[j].shape[-1]
+            else nn.Linear(self.student_out[i].shape[-1], self.teacher_out[j].shape[-1],
+                           bias=False)
+            for i, j in enumerate(self.map))
+
+    @staticmethod
+    def _keep(store: dict[int, torch.Tensor], index: int):
+        def hook(_module, _inputs, output) -> None:
+            store[index] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """After the student's forward on ``x``: the weighted block terms."""
+        with torch.no_grad():
+            self.teacher(x)
+        hidden_weight, attention_weight = self.weights
+        total = torch.zeros(())
+        if hidden_weight > 0:
+            total = total + hidden_weight * hidden_state_loss(
+                [self.student_out[i] for i in range(len(self.map))],
+                [self.teacher_out[j] for j in self.map], self.projections)
+        if attention_weight > 0:
+            mine, theirs = self.attentions
+            total = total + attention_weight * attention_map_loss(
+                [a.probs for a in mine], [a.probs for a in theirs])
+        return total
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        for attn in self.attentions[0] + self.attentions[1]:
+            attn.keep_probs, attn.probs = False, None
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -112,6 +209,10 @@ def fit(
     before_epoch: Sequence[Callable[[int, nn.Module], None]] = (),
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     check: Callable[[], None] | None = None,
+    teacher: nn.Module | None = None,
+    block_map: Sequence[int] | None = None,
+    hidden_weight: float = 0.0,
+    attention_weight: float = 0.0,
 ) -> list[float]:
     """Train ``model`` in place with Adam; returns the mean loss of each epoch.
 
@@ -125,7 +226,12 @@ def fit(
         with torch.no_grad():
             model(x[:2])
             features.projection(features.current)  # materialise a lazy projection
+    blocks = None
+    if teacher is not None and (hidden_weight > 0 or attention_weight > 0):
+        blocks = _BlockMatch(model, teacher, block_map, hidden_weight=hidden_weight,
+                             attention_weight=attention_weight, example=x[:2])
     params = list(model.parameters()) + (list(features.projection.parameters()) if features else [])
+    params += list(blocks.projections.parameters()) if blocks else []
     optimiser = torch.optim.Adam(params, lr=lr)
     history = []
     try:
@@ -144,6 +250,8 @@ def fit(
                 loss = kd_loss(logits, soft, y[idx], temperature=temperature, alpha=alpha)
                 if features is not None:
                     loss = loss + feature_weight * features.loss(idx)
+                if blocks is not None:
+                    loss = loss + blocks.loss(x[idx])
                 if not math.isfinite(loss.item()):
                     raise TrialError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")
                 optimiser.zero_grad(set_to_none=True)
@@ -158,6 +266,8 @@ def fit(
     finally:
         if features is not None:
             features.handle.remove()
+        if blocks is not None:
+            blocks.close()
     return history
 
 
@@ -186,6 +296,10 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         check=ctx.check_time,
         before_epoch=ctx.before_epoch,
         on_epoch=ctx.on_epoch,
+        teacher=ctx.teacher,
+        block_map=ctx.block_map,
+        hidden_weight=float(plan.get("distill.hidden_weight", 0.0)),
+        attention_weight=float(plan.get("distill.attention_weight", 0.0)),
     )
     for hook in ctx.after_training:
         hook(model)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
 from autocompress.techniques import nni_adapter
@@ -182,6 +183,11 @@ def remove_units(
     """Structured pruning in place; returns parameters and MACs before and after."""
     import torch_pruning as tp
 
+    from autocompress.techniques.transformer import Encoder
+
+    if Encoder.find(model) is not None:
+        raise TrialError("prune.kind structured on a transformer would split attention heads; "
+                         "remove heads and neurons with transformer.heads / transformer.ffn")
     scores = unit_scores(model, plan, grads, calibration)
     macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)

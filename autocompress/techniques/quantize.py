@@ -2,7 +2,8 @@
 
 * ``quantize.bits``: 2..8 bits, 16 (float16) or 32 (off); globally or per layer
   (``quantize.bits.<layer>``, mixed precision); ``quantize.last_layer_8bit`` keeps the output
-  layer at 8 bits whatever the rest use.
+  layer at 8 bits whatever the rest use; layers marked as embeddings (a transformer's patch
+  embedding) stay float unless ``quantize.embeddings``.
 * ``quantize.scheme``: ``symmetric`` (levels -q..q around an exact zero) or ``asymmetric``
   (levels 0..2**bits-1 with a per-channel integer zero point, so zero stays exact too).
 * ``quantize.mode``: ``qat`` passes the weights through ``torch.fake_quantize_per_channel_affine``
@@ -39,7 +40,10 @@ PARAMETERS = (
           "quantize while fine-tuning (qat), after it (ptq), or through NNI's QAT / LSQ",
           values=("qat", "ptq", *nni_adapter.QUANTIZERS)),
     Param("last_layer_8bit", "bool", False, "keep the output layer at 8 bits"),
+    Param("embeddings", "bool", False,
+          "quantize embedding layers too (a transformer's patch embedding stays float if not)"),
 )
+EMBEDDING_ATTRIBUTE = "embedding"  # set True on a weight layer that embeds the input
 
 
 def _grid(weight: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0):
@@ -119,6 +123,8 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     quantized = False
     for i, (name, module) in enumerate(layers):
         bits = layer_bits(plan, name, i == len(layers) - 1)
+        if getattr(module, EMBEDDING_ATTRIBUTE, False) and not plan.get("quantize.embeddings"):
+            bits = 32
         if bits >= 32:
             continue
         if by_nni:  # only the format is set now: sizes and latency are measured from it
