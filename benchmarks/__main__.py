@@ -22,6 +22,7 @@ BENCHMARKS = {
     "search_efficiency": "benchmarks.search_efficiency",
     "predictor": "benchmarks.predictor_gain",
     "nni": "benchmarks.nni_compare",
+    "vit": "benchmarks.vit_search",
 }
 
 
