@@ -185,3 +185,40 @@ def test_a_small_random_bert_goes_through_a_three_trial_search(tmp_path):
     assert all(r.metrics["memory_bytes"] <= outcome.teacher["memory_bytes"]
                for r in outcome.results)
     assert len(teacher.encoder.encoder.layer) == 4  # the user's model is left as it was
+
+
+def test_an_embedding_bert_is_distilled_towards_the_teachers_embeddings(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import autocompress
+    from autocompress.tasks.hf import EncoderEmbedder, embedding_similarity, teacher_embeddings
+    from autocompress.techniques.importance import task_loss
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=16)
+    teacher = EncoderEmbedder(transformers.BertModel(config)).eval()
+    ids = torch.randint(1, 60, (500, 12))
+    ids[::3, 9:] = 0  # some padding, masked out of the mean
+    targets = teacher_embeddings(teacher, ids)
+    # the loss of an embedding task is one minus the cosine similarity to the targets
+    assert float(task_loss(targets, targets)) == pytest.approx(0.0, abs=1e-6)
+    outcome = autocompress.search(
+        teacher, train=(ids[:400], targets[:400]), val=(ids[400:], targets[400:]),
+        metric=embedding_similarity,
+        space={"transformer": {"blocks": [2], "migrate": [False]},  # starts far from it
+               "distill": {"hidden_weight": [1.0]}},
+        trials=2, sampler="random", seed=1, runtime="torch", finetune_epochs=3,
+        out_dir=tmp_path, progress=None,
+    )
+    assert outcome.teacher["accuracy"] == pytest.approx(1.0, abs=1e-5)  # the teacher vs itself
+    assert all(r.ok for r in outcome.results), [r.reason for r in outcome.results]
+    student = copy.deepcopy(teacher)
+    c = Context(teacher=teacher, train_x=ids[:400], train_y=targets[:400],
+                example_input=ids[:1])
+    plan = Plan({"transformer.blocks": 2, "transformer.migrate": False}, seed=outcome.results[0]
+                .plan.seed)
+    fresh = transformer.apply(student, plan, c)
+    start = embedding_similarity(fresh, type("Split", (), {"x": ids[400:], "y": targets[400:]}))
+    trained = outcome.results[0].metrics["accuracy"]
+    assert trained > start + 0.1, (start, trained)  # distillation pulled it towards the teacher

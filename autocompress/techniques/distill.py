@@ -32,6 +32,7 @@ from autocompress.params import Param
 from autocompress.plan import Plan
 from autocompress.techniques import nni_adapter
 from autocompress.techniques.common import Context, weight_layers
+from autocompress.techniques.importance import is_embedding_target, task_loss
 
 PARAMETERS = (
     Param("temperature", "float", 4.0, "softening temperature T of both outputs",
@@ -62,9 +63,13 @@ def kd_loss(
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
-    """The distillation loss above; plain cross-entropy when there is no teacher or alpha is 0."""
-    hard = F.cross_entropy(student_logits, labels)
-    if teacher_logits is None or alpha == 0.0:
+    """The distillation loss above; plain cross-entropy when there is no teacher or alpha is 0.
+
+    For an embedding model the "labels" are the teacher's embeddings: the loss is then one minus
+    their cosine similarity (:func:`~autocompress.techniques.importance.task_loss`), with no
+    softened term (a softmax over embedding dimensions means nothing)."""
+    hard = task_loss(student_logits, labels)
+    if teacher_logits is None or alpha == 0.0 or is_embedding_target(student_logits, labels):
         return hard
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),

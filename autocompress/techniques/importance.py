@@ -55,6 +55,19 @@ class Criterion:
         return self.weight_scores(weight, grad).flatten(1).sum(dim=1)
 
 
+def is_embedding_target(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Targets that are vectors shaped like the outputs (a teacher's embeddings), not labels."""
+    return targets.is_floating_point() and targets.shape == outputs.shape
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss of a task: cross-entropy against class labels or, for an embedding
+    model whose targets are the teacher's embeddings, one minus their mean cosine similarity."""
+    if is_embedding_target(outputs, targets):
+        return 1.0 - F.cosine_similarity(outputs, targets, dim=-1).mean()
+    return F.cross_entropy(outputs, targets)
+
+
 def criterion(name: str) -> Criterion:
     if name not in CRITERIA:
         raise ValueError(f"unknown importance criterion {name!r}; expected one of {CRITERIA}")
@@ -73,7 +86,7 @@ def accumulate_gradients(
 ) -> dict[str, torch.Tensor]:
     """Sum over ``batches`` calibration batches of abs(dL/dw) for every weight layer, by name.
 
-    The cross-entropy loss on the labels; the weights themselves are left unchanged. With
+    The task's loss (:func:`task_loss`) on the targets; the weights are left unchanged. With
     parametrized weights (masks, fake quantization) the gradient is taken at the stored weight,
     so masked weights get zero and fake quantization passes it straight through.
     """
@@ -85,7 +98,7 @@ def accumulate_gradients(
     for _ in range(batches):
         idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=generator)
         weights = [_leaf_weight(m) for _, m in layers]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = task_loss(model(x[idx]), y[idx])
         grads = torch.autograd.grad(loss, weights, allow_unused=True)
         for (name, _), g in zip(layers, grads, strict=True):
             if g is not None:

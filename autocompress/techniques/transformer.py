@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
 from autocompress.techniques.common import Context
-from autocompress.techniques.importance import accumulate_gradients, criterion
+from autocompress.techniques.importance import accumulate_gradients, criterion, task_loss
 
 UNIT_CRITERIA = ("magnitude", "gradient", "taylor")
 
@@ -181,12 +180,12 @@ def block_importance(model: nn.Module, encoder: Encoder, x: torch.Tensor,
     model.eval()
     losses = []
     with torch.no_grad():
-        base = float(F.cross_entropy(model(x), y))
+        base = float(task_loss(model(x), y))
         for i in everything:
             blocks = encoder.blocks
             encoder.keep_blocks([j for j in everything if j != i], model)
             try:
-                losses.append(float(F.cross_entropy(model(x), y)) - base)
+                losses.append(float(task_loss(model(x), y)) - base)
             finally:
                 encoder.keep_blocks(everything, model, source=blocks)
     return losses
