@@ -157,16 +157,21 @@ def test_patch_embedding_stays_float_unless_asked(vit_teacher, digits):
         assert all(b == 4 for name, b in bits.items() if name != "embed")
 
 
-def test_a_small_random_bert_goes_through_a_three_trial_search(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    import autocompress
+def bert_classifier(transformers, attention: str = "eager"):
     from autocompress.tasks.hf import EncoderClassifier
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4,
                                      num_attention_heads=4, intermediate_size=64,
-                                     max_position_embeddings=16)
-    teacher = EncoderClassifier(transformers.BertModel(config), num_classes=2)
+                                     max_position_embeddings=16, attn_implementation=attention)
+    return EncoderClassifier(transformers.BertModel(config), num_classes=2)
+
+
+def test_a_small_random_bert_goes_through_a_three_trial_search(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import autocompress
+
+    teacher = bert_classifier(transformers)
     ids = torch.randint(1, 60, (600, 12))
     labels = (ids == 7).any(dim=1).long()  # does token 7 occur? learnable from the ids alone
     distill.fit(teacher, ids[:400], labels[:400], epochs=8, batch_size=32)
@@ -176,15 +181,32 @@ def test_a_small_random_bert_goes_through_a_three_trial_search(tmp_path):
         space={"transformer": {"blocks": [2, 4], "block_choice": ["every_other", "top"],
                                "heads": {"low": 0.5, "high": 1.0}, "ffn": {"low": 0.5,
                                                                           "high": 1.0}},
-               "quantize": {"bits": [8, 32]}, "distill": {"hidden_weight": [0.0, 1.0]}},
-        trials=3, sampler="random", seed=2, runtime="torch", finetune_epochs=1,
+               "quantize": {"bits": [8, 32]},
+               "distill": {"hidden_weight": [0.0, 1.0], "attention_weight": [1.0]}},
+        trials=3, sampler="random", seed=2, finetune_epochs=1,  # ONNX Runtime, int8 at 8 bits
         out_dir=tmp_path, progress=None,
     )
     assert len(outcome.results) == 3
     assert all(r.state != "failed" for r in outcome.results), [r.reason for r in outcome.results]
     assert all(r.metrics["memory_bytes"] <= outcome.teacher["memory_bytes"]
                for r in outcome.results)
+    assert outcome.results[0].measurement["latency"]["runtime"].startswith("onnxruntime")
     assert len(teacher.encoder.encoder.layer) == 4  # the user's model is left as it was
+
+
+def test_attention_maps_of_a_bert_need_eager_attention():
+    transformers = pytest.importorskip("transformers")
+    from autocompress.errors import TrialError
+
+    teacher = bert_classifier(transformers, attention="sdpa").eval()
+    ids = torch.randint(1, 60, (4, 12))
+    match = _BlockMatch(copy.deepcopy(teacher), teacher, None, hidden_weight=0.0,
+                        attention_weight=1.0, example=ids[:2])
+    try:
+        with pytest.raises(TrialError, match="attn_implementation='eager'"):
+            match.loss(ids)
+    finally:
+        match.close()
 
 
 def test_an_embedding_bert_is_distilled_towards_the_teachers_embeddings(tmp_path):

@@ -129,7 +129,9 @@ class OrtModule(nn.Module):
         self.onnx_model = onnx_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        array = x.detach().cpu().numpy()  # token ids stay integers; pixels go as float32
+        array = np.ascontiguousarray(array, dtype=np.int64 if array.dtype.kind in "iu"
+                                     else np.float32)
         return torch.from_numpy(self.session.run(None, {"input": array})[0])
 
 

@@ -142,9 +142,6 @@ class _BlockMatch:
         if mine is None or theirs is None:
             raise TrialError("distill.hidden_weight / attention_weight need a transformer "
                              "student and teacher")
-        if attention_weight > 0 and "bert" in (mine.kind, theirs.kind):
-            raise TrialError("distill.attention_weight: attention maps are captured from our "
-                             "ViT only; use hidden_weight for BERT-style encoders")
         self.map = list(block_map) if block_map is not None else list(range(len(mine.blocks)))
         if len(self.map) != len(mine.blocks) or max(self.map) >= len(theirs.blocks):
             raise TrialError("distill: the student's blocks do not map onto the teacher's")
@@ -155,10 +152,14 @@ class _BlockMatch:
                       for i, block in enumerate(mine.blocks)]
         self.hooks += [theirs.blocks[j].register_forward_hook(self._keep(self.teacher_out, j))
                        for j in set(self.map)]
-        self.attentions = ([b.attn for b in mine.blocks], [theirs.blocks[j].attn for j in self.map]
-                           ) if attention_weight > 0 else ([], [])
-        for attn in self.attentions[0] + self.attentions[1]:
-            attn.keep_probs = True
+        self.encoders = (mine, theirs)
+        self.student_maps: dict[int, torch.Tensor | None] = {}
+        self.teacher_maps: dict[int, torch.Tensor | None] = {}
+        if attention_weight > 0:
+            self.hooks += [mine.keep_attention_maps(block, self.student_maps, i)
+                           for i, block in enumerate(mine.blocks)]
+            self.hooks += [theirs.keep_attention_maps(theirs.blocks[j], self.teacher_maps, j)
+                           for j in set(self.map)]
         with torch.no_grad():
             student.eval()(example)
             self.teacher(example)
@@ -185,16 +186,19 @@ class _BlockMatch:
                 [self.student_out[i] for i in range(len(self.map))],
                 [self.teacher_out[j] for j in self.map], self.projections)
         if attention_weight > 0:
-            mine, theirs = self.attentions
-            total = total + attention_weight * attention_map_loss(
-                [a.probs for a in mine], [a.probs for a in theirs])
+            mine = [self.student_maps[i] for i in range(len(self.map))]
+            theirs = [self.teacher_maps[j] for j in self.map]
+            if any(m is None for m in mine + theirs):
+                raise TrialError("distill.attention_weight: this encoder does not return its "
+                                 "attention maps; load it with attn_implementation='eager'")
+            total = total + attention_weight * attention_map_loss(mine, theirs)
         return total
 
     def close(self) -> None:
         for hook in self.hooks:
             hook.remove()
-        for attn in self.attentions[0] + self.attentions[1]:
-            attn.keep_probs, attn.probs = False, None
+        for encoder in self.encoders:
+            encoder.forget_attention_maps()
 
 
 def fit(

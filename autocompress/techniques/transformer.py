@@ -113,6 +113,22 @@ class Encoder:
             view.module.num_attention_heads = heads
             view.module.all_head_size = heads * view.head_dim
 
+    def keep_attention_maps(self, block: nn.Module, store: dict[int, torch.Tensor | None],
+                            index: int):
+        """A hook keeping ``block``'s attention probabilities (batch, heads, n, n) in
+        ``store[index]`` after each forward (None from a BERT without eager attention)."""
+        if self.kind == "ours":
+            block.attn.keep_probs = True
+            return block.attn.register_forward_hook(
+                lambda module, _i, _o: store.__setitem__(index, module.probs))
+        return block.attention.self.register_forward_hook(
+            lambda _m, _i, output: store.__setitem__(index, output[1]))
+
+    def forget_attention_maps(self) -> None:
+        if self.kind == "ours":
+            for block in self.blocks:
+                block.attn.keep_probs, block.attn.probs = False, None
+
     def ffn(self, block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
         if self.kind == "ours":
             return block.ffn[0], block.ffn[2]
