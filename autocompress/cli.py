@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -144,13 +145,17 @@ def _search(args: argparse.Namespace) -> int:
     interrupted = sum(r.state == "failed" and r.reason.startswith("interrupted") for r in results)
     failed = sum(r.state == "failed" for r in results) - interrupted
     structure = sum(r.stopped_at == "structure" for r in results)
-    early = sum(r.state == "pruned" for r in results)
+    skipped = sum(r.stopped_at.startswith("skipped") for r in results)
+    early = sum(r.state == "pruned" for r in results) - skipped
     infeasible = sum(r.state == "complete" and not r.feasible for r in results)
     print(f"\n{len(results)} trials ({infeasible} infeasible, {structure} of them stopped at "
-          f"structure without training; {early} stopped early; {failed} failed"
+          f"structure without training; {early} stopped early; "
+          + (f"{skipped} not trained, called hopeless by the predictor; " if skipped else "")
+          + f"{failed} failed"
           + (f"; {interrupted} interrupted by a stopped search, then retried" if interrupted
              else "") + "), "
           f"{time.perf_counter() - started:.0f} s this run.")
+    _print_predictor(outcome.out_dir / "study.json")
     if outcome.front.members:
         print(f"Pareto front of study {config.name!r}: {len(outcome.front)} feasible members, "
               f"hypervolume {outcome.front.hypervolume:.4f}. Validation accuracy; latency at "
@@ -162,6 +167,17 @@ def _search(args: argparse.Namespace) -> int:
     print(f"\nwritten to {outcome.out_dir}/: report.html, pareto.csv, pareto.json, pareto.png, "
           "trials.csv, study.json, study.db, teacher.json")
     return 0
+
+
+def _print_predictor(study_json) -> None:
+    """One line on the learned predictor's cross-validated error, when the study has one."""
+    summary = json.loads(study_json.read_text()).get("predictor") if study_json.is_file() else None
+    errors = (summary or {}).get("cross_validated_mean_abs_error")
+    if errors:
+        parts = ", ".join(f"{name} {value:.4g}" for name, value in errors.items())
+        print(f"Learned predictor: cross-validated mean absolute error over "
+              f"{summary['trained_trials']} trained trials: {parts}; "
+              f"{summary['skipped']} trial(s) not trained.")
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import functools
 import io
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import write_atomic
 from autocompress.measure.peak import available_memory_bytes
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
-from autocompress.predictors import PlanPredictor
+from autocompress.predictors import PlanPredictor, cross_validated_error
 from autocompress.report.outputs import write_report
 from autocompress.report.tables import (
     describe_metrics,
@@ -56,6 +56,7 @@ from autocompress.tasks import TEACHERS, Task, load_dataset
 from autocompress.techniques import distill
 from autocompress.techniques.common import weight_layers
 from autocompress.trial import (
+    SKIPPED,
     TeacherOutputs,
     TrialResult,
     build_compressed,
@@ -381,9 +382,28 @@ def _finish(search: _Search, study: optuna.Study, builtin: bool) -> StudyOutcome
         "measure": dataclasses.asdict(config.measure),
         "finetune": dataclasses.asdict(config.finetune),
         "storage": display(search.storage_url),
+        "predictor": predictor_summary(config, search.space, results),
     }, indent=2))
     write_report(out)
     return StudyOutcome(config, out, teacher_metrics, results, front, search.space)
+
+
+def predictor_summary(config: StudyConfig, space: SearchSpace,
+                      results: Sequence[TrialResult]) -> dict[str, Any] | None:
+    """How the learned predictor did in this study: skipped trials, and the cross-validated
+    mean absolute error of its forests on the trained trials (once there are enough)."""
+    if not config.predictor:
+        return None
+    trained = sum(r.ok for r in results)
+    summary: dict[str, Any] = {
+        "warmup": config.predictor_warmup, "trained_trials": trained,
+        "skipped": sum(r.stopped_at.startswith(SKIPPED) for r in results),
+        "cross_validated_mean_abs_error": None,
+    }
+    if trained >= max(config.predictor_warmup, 5):
+        summary["cross_validated_mean_abs_error"] = cross_validated_error(
+            space, results, config.objectives, seed=config.seed)
+    return summary
 
 
 def validate_study(

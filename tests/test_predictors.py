@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pytest
@@ -62,6 +64,10 @@ def test_a_search_with_the_predictor_records_skipped_plans(digits, mlp_teacher, 
     skipped = [r for r in outcome.results if r.stopped_at.startswith("skipped")]
     assert len(outcome.results) == 30 and len(skipped) <= 0.5 * 20
     stored = optuna.load_study(study_name="recorded", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    summary = json.loads((tmp_path / "study.json").read_text())["predictor"]
+    assert summary["skipped"] == len(skipped)
+    errors = summary["cross_validated_mean_abs_error"]  # reported once 10 trials are trained
+    assert set(errors) == {"accuracy", "memory_bytes"} and 0 <= errors["accuracy"] < 0.5
     judged = [t for t in stored.trials if "prediction" in t.user_attrs]
     assert judged  # after the warmup, every plan that fits its structure budget is judged
     for trial in judged:  # the size was measured before the call: no spread on it
