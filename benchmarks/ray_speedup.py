@@ -1,6 +1,6 @@
 """Ray Tune against a serial run of the same study, measured in one run.
 
-    .venv/bin/python benchmarks/ray_speedup.py [STUDY.yaml] [--trials 16]
+    .venv/bin/python benchmarks/ray_speedup.py [STUDY.yaml] [--trials 16] [--epochs N]
 
 Runs the study (random sampler, fifo: every trial does the same work each way) serially with the
 Optuna backend in this process, once with torch's default threads (all cores) and once with 1
@@ -9,11 +9,14 @@ worker processes); on a local Ray with 1 trial at a time; and on Ray with 2 at a
 fixed start-up (``ray.init``) is timed on its own. The last line is the headline: Ray with 2
 concurrent trials over the serial run with the same per-trial allotment (target: at most 0.65
 on a 2-core machine); the line before it is the same ratio against the all-cores serial run.
+``--epochs`` overrides the study's fine-tune epochs: longer trials leave less of the wall time to
+what does not parallelise (the study's set-up and report, Ray's hand-offs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", nargs="?", default=str(ROOT / "studies" / "lenet5_ray.yaml"))
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="fine-tune epochs per trial (default: the study's)")
     args = parser.parse_args()
     base = autocompress.load_study(args.study)
+    if args.epochs is not None:
+        base = base.with_overrides(finetune=dataclasses.replace(base.finetune,
+                                                                epochs=args.epochs))
     import ray
 
     from autocompress.backends.ray_backend import init_ray
@@ -68,8 +76,8 @@ def main() -> None:
             rows.append((label, wall, busy, outcome.front.hypervolume))
     ray.shutdown()
     serial, same_allotment = rows[0][1], rows[1][1]
-    print(f"study {base.name}: {args.trials} trials each way; Ray start-up (ray.init): "
-          f"{startup:.1f} s")
+    print(f"study {base.name}: {args.trials} trials each way, {base.finetune.epochs} fine-tune "
+          f"epochs each; Ray start-up (ray.init): {startup:.1f} s")
     print(f"{'':26}{'wall s':>8}{'in trials s':>13}{'vs serial':>11}{'vs 1 thread':>13}"
           f"{'hypervolume':>13}")
     for label, wall, busy, volume in rows:
