@@ -206,8 +206,10 @@ def optimize(
     predictor: PlanPredictor | None = None,
 ) -> None:
     """Run up to ``n_trials`` trials, fewer once the study holds ``target`` finished ones
-    (counting those running elsewhere): sample a Plan, ``run(plan, should_stop=, on_epoch=)``
-    it, record metrics, constraints and state in storage.
+    (counting those running elsewhere): sample a Plan, ``run(plan, should_stop=, on_epoch=,
+    judge=)`` it, record metrics, constraints and state in storage. With a ``predictor``, ``judge``
+    asks it after the trial's structure stage whether to train (a skip is ``pruned``, with the
+    prediction in the ``prediction`` attribute).
 
     Every trial sets the same constraints (``trial.set_constraint``, ``<= 0`` feasible), so
     NSGA-II and TPE learn where the budget lies. A trial stopped at the structure stage completes

@@ -29,6 +29,7 @@ from autocompress.plan import Plan
 from autocompress.techniques import nni_adapter
 from autocompress.techniques.common import Context, weight_layers
 from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
+from autocompress.techniques.transformer import Encoder
 
 PARAMETERS = (
     Param("ratio", "float", 0.0, "share of weights (unstructured) or units (structured) removed",
@@ -182,8 +183,6 @@ def remove_units(
 ) -> dict[str, float]:
     """Structured pruning in place; returns parameters and MACs before and after."""
     import torch_pruning as tp
-
-    from autocompress.techniques.transformer import Encoder
 
     if Encoder.find(model) is not None:
         raise TrialError("prune.kind structured on a transformer would split attention heads; "
