@@ -201,6 +201,40 @@ class _BlockMatch:
             encoder.forget_attention_maps()
 
 
+def train_epochs(
+    model: nn.Module, n: int, *, loss_of: Callable[[torch.Tensor], torch.Tensor],
+    update: Callable[[torch.Tensor], None], epochs: int, batch_size: int,
+    generator: torch.Generator, before_epoch: Sequence[Callable[[int, nn.Module], None]] = (),
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> list[float]:
+    """The fine-tuning loop every trial runs (ours, and NNI's wrappers around it): shuffled
+    batches of indices into ``n`` examples, ``loss_of(idx)`` then ``update(loss)``; a non-finite
+    loss fails the trial; ``before_epoch`` hooks and ``on_epoch`` reports around each epoch.
+    Returns the mean loss of each epoch."""
+    history = []
+    for epoch in range(epochs):
+        for hook in before_epoch:
+            hook(epoch, model)
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, n, batch_size):
+            if check is not None:
+                check()
+            loss = loss_of(order[start : start + batch_size])
+            if not math.isfinite(loss.item()):
+                raise TrialError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")
+            update(loss)
+            total += loss.item()
+            batches += 1
+        history.append(total / max(1, batches))
+        model.eval()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
+    return history
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -242,42 +276,31 @@ def fit(
     params = list(model.parameters()) + (list(features.projection.parameters()) if features else [])
     params += list(blocks.projections.parameters()) if blocks else []
     optimiser = torch.optim.Adam(params, lr=lr)
-    history = []
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        logits = model(x[idx])
+        soft = teacher_logits[idx] if teacher_logits is not None else None
+        loss = kd_loss(logits, soft, y[idx], temperature=temperature, alpha=alpha)
+        if features is not None:
+            loss = loss + feature_weight * features.loss(idx)
+        if blocks is not None:
+            loss = loss + blocks.loss(x[idx])
+        return loss
+
+    def update(loss: torch.Tensor) -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
     try:
-        for epoch in range(epochs):
-            for hook in before_epoch:
-                hook(epoch, model)
-            model.train()
-            order = torch.randperm(len(y), generator=generator)
-            total, batches = 0.0, 0
-            for start in range(0, len(y), batch_size):
-                if check is not None:
-                    check()
-                idx = order[start : start + batch_size]
-                logits = model(x[idx])
-                soft = teacher_logits[idx] if teacher_logits is not None else None
-                loss = kd_loss(logits, soft, y[idx], temperature=temperature, alpha=alpha)
-                if features is not None:
-                    loss = loss + feature_weight * features.loss(idx)
-                if blocks is not None:
-                    loss = loss + blocks.loss(x[idx])
-                if not math.isfinite(loss.item()):
-                    raise TrialError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.item()
-                batches += 1
-            history.append(total / max(1, batches))
-            model.eval()
-            if on_epoch is not None:
-                on_epoch(epoch + 1, model)
+        return train_epochs(model, len(y), loss_of=loss_of, update=update, epochs=epochs,
+                            batch_size=batch_size, generator=generator,
+                            before_epoch=before_epoch, on_epoch=on_epoch, check=check)
     finally:
         if features is not None:
             features.handle.remove()
         if blocks is not None:
             blocks.close()
-    return history
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:

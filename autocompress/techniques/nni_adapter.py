@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -206,7 +205,7 @@ def finetune(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     weights are zeroed again after every optimiser step (NNI cannot wrap our parametrized layers
     for quantization, so those are baked to plain ones first).
     """
-    from autocompress.techniques.distill import kd_loss
+    from autocompress.techniques.distill import kd_loss, train_epochs
 
     lib = _load()
     quantizer_name = str(plan.get("quantize.mode", "qat"))
@@ -242,24 +241,19 @@ def finetune(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None,
                       max_epochs=None):
         x, y = ctx.train_x, ctx.train_y
-        for epoch in range(ctx.epochs):
-            model.train()
-            order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), ctx.batch_size):
-                ctx.check_time()
-                idx = order[start : start + ctx.batch_size]
-                loss = training_step((x[idx], y[idx], idx), model)
-                if not math.isfinite(loss.item()):
-                    raise TrialError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")
-                for opt in _steps(optimizers):
-                    opt.zero_grad()
-                loss.backward()
-                for opt in _steps(optimizers):
-                    opt.step()
-                reapply_masks()
-            model.eval()
-            if ctx.on_epoch is not None:
-                ctx.on_epoch(epoch + 1, model)
+
+        def update(loss: torch.Tensor) -> None:
+            for opt in _steps(optimizers):
+                opt.zero_grad()
+            loss.backward()
+            for opt in _steps(optimizers):
+                opt.step()
+            reapply_masks()
+
+        train_epochs(model, len(y), loss_of=lambda idx: training_step((x[idx], y[idx], idx),
+                                                                      model),
+                     update=update, epochs=ctx.epochs, batch_size=ctx.batch_size,
+                     generator=generator, on_epoch=ctx.on_epoch, check=ctx.check_time)
 
     evaluator = _evaluator(model, training_func, training_step, ctx.lr)
     compressors = []
