@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres,transformers
 
-.PHONY: install demo test bench bench-quick test-slow lint clean-studies chromium postgres
+.PHONY: install demo test bench bench-quick bench-smoke test-slow lint clean-studies chromium postgres
 
 install: $(STAMP)
 
@@ -24,12 +24,16 @@ demo: install
 test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
-# Every benchmark (about an hour on 2 cores), or the reduced versions (about 4 minutes).
+# Every benchmark (about an hour on 2 cores), the reduced versions (about 4 minutes), or the
+# smallest ones, every benchmark included (about 2 minutes: they only prove the code still runs).
 bench: install
 	$(BIN)/python -m benchmarks
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick
+
+bench-smoke: install
+	$(BIN)/python -m benchmarks --smoke --all
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q

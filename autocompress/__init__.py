@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from autocompress.api import search
 from autocompress.budget import Budget
 from autocompress.config import StudyConfig, load_study, study_from_dict
 from autocompress.errors import (
@@ -26,10 +27,12 @@ from autocompress.pareto import (
 )
 from autocompress.plan import Plan
 from autocompress.report.outputs import write_report
+from autocompress.report.validate import validate_study
+from autocompress.result import Stop, StopReason, TrialCounts, TrialResult
 from autocompress.space import SearchSpace, shipped_spaces
-from autocompress.study import StudyOutcome, run_study, search, validate_study
+from autocompress.study import StudyOutcome, run_study
 from autocompress.tasks import Task
-from autocompress.trial import TrialResult, run_trial
+from autocompress.trial import run_trial
 
 __version__ = "0.1.0"
 
@@ -42,10 +45,13 @@ __all__ = [
     "Plan",
     "SearchSpace",
     "SearchStopped",
+    "Stop",
+    "StopReason",
     "StudyConfig",
     "StudyOutcome",
     "Task",
     "TooManyFailures",
+    "TrialCounts",
     "TrialError",
     "TrialResult",
     "export_trial",

@@ -118,26 +118,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# study fields the `search` flags override, named by their flag in an error about them
+FLAGS = {"trials": "--trials", "seed": "--seed", "backend": "--backend", "jobs": "--jobs",
+         "storage": "--storage", "ray.address": "--address",
+         "ray.max_concurrent": "--max-concurrent", "ray.scheduler": "--scheduler"}
+
+
 def _search(args: argparse.Namespace) -> int:
-    for flag in ("trials", "seed"):
-        value = getattr(args, flag)
-        if value is not None and value < (1 if flag == "trials" else 0):
-            raise autocompress.ConfigError("command line", f"--{flag}", value,
-                                           "an integer >= 1" if flag == "trials" else ">= 0")
-    backend = "ray" if args.address else args.backend
-    if args.jobs is not None and not 1 <= args.jobs <= 64:
-        raise autocompress.ConfigError("command line", "--jobs", args.jobs,
-                                       "an integer in [1, 64]")
-    if args.storage is not None and "://" not in args.storage:
-        raise autocompress.ConfigError("command line", "--storage", args.storage,
-                                       "a SQLAlchemy URL such as sqlite:///path/study.db")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise autocompress.ConfigError("command line", "--max-concurrent", args.max_concurrent,
-                                       "an integer >= 1")
-    config = autocompress.load_study(args.study).with_overrides(
-        trials=args.trials, seed=args.seed, backend=backend, jobs=args.jobs,
-        storage=args.storage, ray_address=args.address,
-        ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
+    config = autocompress.load_study(args.study)
+    try:  # checked by the same code as the study file; errors name the command line
+        config = config.with_overrides(
+            trials=args.trials, seed=args.seed, backend="ray" if args.address else args.backend,
+            jobs=args.jobs, storage=args.storage, ray_address=args.address,
+            ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
+    except autocompress.ConfigError as exc:
+        if exc.field not in FLAGS or exc.where != "command line":
+            raise
+        raise autocompress.ConfigError(exc.where, FLAGS[exc.field], exc.got,
+                                       exc.expected) from None
     progress = None if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)

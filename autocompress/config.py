@@ -13,30 +13,29 @@ Example (a smaller ``studies/quickstart.yaml``)::
     seed: 0
 
 Loading checks every field and raises :class:`ConfigError` naming the file, the field, the value
-and what is allowed.
+and what is allowed. :meth:`StudyConfig.with_overrides` goes through the same check, so a study
+file, the Python API and the command line meet one gate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from autocompress import config_sections as check
 from autocompress.budget import Budget
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
 from autocompress.files import read_yaml
 from autocompress.tasks import DATASETS, TEACHERS
-from autocompress.units import parse_bytes, parse_ms, parse_seconds
+from autocompress.units import parse_seconds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("nsga2", "tpe", "random", "qmc", "auto")
 PRUNERS = ("none", "median", "hyperband")
-CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda"),
-           "scheduler": ("asha", "fifo")}
 BACKENDS = ("optuna", "ray")
-OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
-              "peak_memory_bytes": "min"}
 DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
 
 
@@ -105,65 +104,52 @@ class StudyConfig:
     source: str = "<dict>"
     origins: Mapping[str, str] = field(default_factory=dict)  # field -> where an override came from
 
+    def to_dict(self) -> dict[str, object]:
+        """The study-file form: ``study_from_dict(config.to_dict())`` rebuilds this config."""
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__
+                if name not in ("source", "origins")}
+
     def with_overrides(self, where: str = "command line", **changes: object) -> StudyConfig:
         """A copy with the given top-level fields replaced (``None`` values are ignored);
-        ``ray_<field>`` replaces a field of the ``ray`` section. ``where`` is recorded for each
-        replaced field, so an error about it names the command line, not the study file."""
-        given = {k: v for k, v in changes.items() if v is not None}
-        ray_changes = {k[4:]: v for k, v in given.items() if k.startswith("ray_")}
-        top = {k: v for k, v in given.items() if not k.startswith("ray_")}
-        if ray_changes:
-            top["ray"] = replace(self.ray, **ray_changes)
-        origins = {**self.origins, **{k: where for k in given}}
-        return replace(self, **top, origins=origins)
+        ``ray_<field>`` replaces a field of the ``ray`` section. The result is checked again by
+        :func:`study_from_dict`, as a study file is, and an error about a replaced field names
+        ``where`` (recorded in ``origins``) instead of the study file.
+
+        >>> config = study_from_dict({"name": "s", "trials": 5})
+        >>> config.with_overrides(trials=8).trials
+        8
+        >>> config.with_overrides(trials=0)
+        Traceback (most recent call last):
+        ...
+        autocompress.errors.ConfigError: command line: trials: got 0, expected an integer >= 1
+        """
+        data = self.to_dict()
+        origins = dict(self.origins)
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key.startswith("ray_"):
+                data["ray"] = {**data["ray"], key[4:]: _plain(value)}
+                origins[f"ray.{key[4:]}"] = where
+            else:
+                data[key] = _plain(value)
+                origins[key] = where
+        return study_from_dict(data, where=self.source, origins=origins)
 
 
-def _int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if not ok or (high is not None and value > high):
-        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ConfigError(where, name, value, bound)
+def _plain(value: object) -> object:
+    """A config value in study-file form: sections as mappings, everything else as is."""
+    if isinstance(value, Budget):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
     return value
 
 
-def _positive_float(where: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(where, name, value, "a positive number")
-    return float(value)
-
-
-def _section(where: str, name: str, data: object, cls: type) -> object:
-    """Build a small config dataclass from a mapping, checking keys and types."""
-    if data is None:
-        return cls()
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, name, data, "a mapping")
-    defaults = cls()
-    values = {}
-    for key, value in data.items():
-        if not hasattr(defaults, str(key)):
-            allowed = [f"{name}.{k}" for k in defaults.__dataclass_fields__]
-            raise unknown_key_error(where, f"{name}.{key}", allowed)
-        default = getattr(defaults, key)
-        full = f"{name}.{key}"
-        if isinstance(default, int):
-            values[key] = _int(where, full, value, 0 if key == "gpus_per_trial" else 1)
-        elif isinstance(default, float):
-            values[key] = _positive_float(where, full, value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(where, full, value, "a string")
-        elif key in CHOICES:
-            if value not in CHOICES[key]:
-                hint = did_you_mean(str(value), CHOICES[key])
-                raise ConfigError(where, full, value, f"one of {', '.join(CHOICES[key])}{hint}")
-            values[key] = value
-        else:
-            values[key] = value
-    return cls(**values)
-
-
 def _task(where: str, data: object) -> TaskConfig:
-    task = _section(where, "task", data, TaskConfig)
+    task = check.section(where, "task", data, TaskConfig)
     for key, allowed in (("dataset", DATASETS), ("teacher", TEACHERS)):
         value = getattr(task, key)
         if value not in allowed:
@@ -179,68 +165,6 @@ def _task(where: str, data: object) -> TaskConfig:
                               f"(saved with torch.save)")
         task = replace(task, checkpoint=str(found))
     return task
-
-
-def _objectives(where: str, data: object) -> dict[str, str]:
-    if not isinstance(data, Mapping) or not data:
-        raise ConfigError(where, "objectives", data, "a mapping such as {accuracy: max, ...}")
-    result = {}
-    for name, direction in data.items():
-        if name not in OBJECTIVES:
-            allowed = [f"objectives.{o}" for o in OBJECTIVES]
-            raise unknown_key_error(where, f"objectives.{name}", allowed)
-        if direction != OBJECTIVES[name]:
-            raise ConfigError(where, f"objectives.{name}", direction, OBJECTIVES[name])
-        result[name] = direction
-    if not 2 <= len(result) <= 3:
-        raise ConfigError(where, "objectives", list(result), "two or three objectives")
-    return result
-
-
-def _budget(where: str, data: object) -> Budget:
-    """Parse ``budget:``; sizes and times may carry units (``100kB``, ``2ms``)."""
-    if data is None:
-        return Budget()
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, "budget", data, "a mapping of limits")
-    allowed = list(Budget.__dataclass_fields__)
-    values: dict[str, object] = {}
-    for key, value in data.items():
-        name = f"budget.{key}"
-        if key not in allowed:
-            raise unknown_key_error(where, name, [f"budget.{k}" for k in allowed])
-        try:
-            if key == "max_latency_ms":
-                values[key] = parse_ms(value)
-            elif key in ("max_memory_bytes", "max_peak_memory_bytes"):
-                values[key] = parse_bytes(value)
-            elif key in ("min_accuracy", "max_accuracy_drop"):
-                values[key] = float(_number(value))
-            elif key in ("batch_size", "threads"):
-                values[key] = _int(where, name, value, 1)
-            else:
-                values[key] = value
-        except ValueError as exc:
-            raise ConfigError(where, name, value, str(exc).removeprefix("expected ")) from None
-        bad_positive = key.startswith("max_") and values[key] <= 0
-        if bad_positive:
-            raise ConfigError(where, name, value, "a positive limit")
-    if "min_accuracy" in values and not 0 < values["min_accuracy"] <= 1:
-        raise ConfigError(where, "budget.min_accuracy", data["min_accuracy"],
-                          "a share in (0, 1], e.g. 0.95 for 95%")
-    if values.get("max_accuracy_drop", 0) < 0:
-        raise ConfigError(where, "budget.max_accuracy_drop", data["max_accuracy_drop"],
-                          "points >= 0 below the teacher, e.g. 1.0")
-    device = values.get("device", "cpu")
-    if device not in CHOICES["device"]:
-        raise ConfigError(where, "budget.device", device, "cpu or cuda")
-    return Budget(**values)
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("expected a number")
-    return float(value)
 
 
 def _measure_under_budget(where: str, measure: MeasureConfig, budget: Budget) -> MeasureConfig:
@@ -266,22 +190,43 @@ def _with_runtime(where: str, data: Mapping) -> object:
     if "runtime" not in data:
         return measure
     if not isinstance(measure, Mapping | None):
-        return measure  # reported by _section
+        return measure  # reported by check.section
     if measure and "runtime" in measure:
         raise ConfigError(where, "runtime", data["runtime"], "runtime in one place only")
     return {**(measure or {}), "runtime": data["runtime"]}
 
 
 def study_from_dict(
-    data: object, *, where: str = "<dict>", default_name: str = "study"
+    data: object,
+    *,
+    where: str = "<dict>",
+    default_name: str = "study",
+    origins: Mapping[str, str] | None = None,
 ) -> StudyConfig:
-    """Check a parsed study mapping and build its :class:`StudyConfig`."""
+    """Check a parsed study mapping and build its :class:`StudyConfig`.
+
+    ``origins`` maps fields (``trials``, ``ray.max_concurrent``) that came from elsewhere than
+    ``where`` to their source, e.g. ``"command line"``: an error about one names that source.
+    """
+    origins = dict(origins or {})
+    try:
+        config = _build(data, where=where, default_name=default_name)
+    except ConfigError as exc:
+        field_name = exc.field or ""
+        origin = origins.get(field_name) or origins.get(field_name.split(".")[0])
+        if origin is None or origin == exc.where:
+            raise
+        raise ConfigError(origin, exc.field, exc.got, exc.expected) from None
+    return replace(config, origins=origins)
+
+
+def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(where, None, type(data).__name__, "a YAML mapping of study fields")
     fields = StudyConfig.__dataclass_fields__
-    allowed = [k for k in fields if k != "source"] + ["runtime"]
+    allowed = [k for k in fields if k not in ("source", "origins")] + ["runtime"]
     for key in data:
         if key not in allowed:
             raise unknown_key_error(where, str(key), allowed)
@@ -299,12 +244,12 @@ def study_from_dict(
     if pruner not in PRUNERS:
         hint = did_you_mean(str(pruner), PRUNERS)
         raise ConfigError(where, "pruner", pruner, f"one of {', '.join(PRUNERS)}{hint}")
-    budget = _budget(where, data.get("budget"))
+    budget = check.budget(where, data.get("budget"))
     backend = data.get("backend", "optuna")
     if backend not in BACKENDS:
         raise ConfigError(where, "backend", backend, "optuna or ray")
-    ray_config = _section(where, "ray", data.get("ray"), RayConfig)
-    measure = _section(where, "measure", _with_runtime(where, data), MeasureConfig)
+    ray_config = check.section(where, "ray", data.get("ray"), RayConfig)
+    measure = check.section(where, "measure", _with_runtime(where, data), MeasureConfig)
     measure = _measure_under_budget(where, measure, budget)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -327,40 +272,26 @@ def study_from_dict(
         name=name,
         task=_task(where, data.get("task")),
         space=space,
-        objectives=_objectives(where, data.get("objectives", dict(DEFAULT_OBJECTIVES))),
+        objectives=check.objectives(where, data.get("objectives", dict(DEFAULT_OBJECTIVES))),
         budget=budget,
         pruner=pruner,
         backend=backend,
         ray=ray_config,
         measure=measure,
-        finetune=_section(where, "finetune", data.get("finetune"), FinetuneConfig),
-        trials=_int(where, "trials", data.get("trials", 20), 1),
+        finetune=check.section(where, "finetune", data.get("finetune"), FinetuneConfig),
+        trials=check.integer(where, "trials", data.get("trials", 20), 1),
         sampler=sampler,
         seed=seed,
         trial_timeout=timeout,
         storage=storage,
-        jobs=_int(where, "jobs", data.get("jobs", 1), 1, 64),
-        predictor=_predictor_switch(where, data.get("predictor", True)),
-        predictor_warmup=_int(where, "predictor_warmup", data.get("predictor_warmup", 30), 5),
-        predictor_max_skip=_share(where, "predictor_max_skip",
-                                  data.get("predictor_max_skip", 0.3)),
+        jobs=check.integer(where, "jobs", data.get("jobs", 1), 1, 64),
+        predictor=check.predictor_switch(where, data.get("predictor", True)),
+        predictor_warmup=check.integer(where, "predictor_warmup",
+                                       data.get("predictor_warmup", 30), 5),
+        predictor_max_skip=check.share(where, "predictor_max_skip",
+                                       data.get("predictor_max_skip", 0.3)),
         source=where,
     )
-
-
-def _predictor_switch(where: str, value: object) -> bool:
-    """``predictor: on`` / ``off`` (YAML reads both as booleans) or true / false."""
-    if isinstance(value, bool):
-        return value
-    if value in ("on", "off"):
-        return value == "on"
-    raise ConfigError(where, "predictor", value, "on or off")
-
-
-def _share(where: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ConfigError(where, name, value, "a share in (0, 1), e.g. 0.3")
-    return float(value)
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -21,11 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 from torch import nn
 
 from autocompress import packing
+from autocompress.backends.record import load_results
 from autocompress.backends.storage import load_recorded_study
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
 from autocompress.errors import AutocompressError, ConfigError
@@ -33,7 +33,7 @@ from autocompress.files import write_atomic
 from autocompress.measure import pack_model
 from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
 from autocompress.plan import Plan
-from autocompress.study import builtin_task
+from autocompress.tasks.teacher import builtin_task
 from autocompress.techniques.common import bake
 from autocompress.trial import build_compressed, final_form, make_context, measure_model
 
@@ -102,13 +102,13 @@ def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict
     if not record.get("task"):
         raise ExportError("this study's teacher came through the Python API: export it there")
     study = load_recorded_study(folder, record)
-    trials = {t.number: t for t in study.trials}
-    if trial_number not in trials:
+    results = {r.number: r for r in load_results(study)}
+    if trial_number not in results:
         raise ConfigError(str(folder), "--trial", trial_number,
-                          f"a trial number of this study (0..{len(trials) - 1})")
-    frozen = trials[trial_number]
+                          f"a trial number of this study (0..{len(study.trials) - 1})")
+    result = results[trial_number]
     weights = folder / "models" / f"trial_{trial_number}.acpk"
-    if frozen.state != optuna.trial.TrialState.COMPLETE or not weights.is_file():
+    if not result.ok or not weights.is_file():
         raise ConfigError(str(folder), "--trial", trial_number,
                           "a trial that finished training (see trials.csv: state complete, "
                           "not stopped)")
@@ -116,12 +116,12 @@ def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict
                               "finetune": record.get("finetune"),
                               "measure": record.get("measure")}, where=str(folder))
     task = builtin_task(config, folder)
-    plan = Plan.from_dict(frozen.user_attrs["plan"])
-    ctx = make_context(task, None, FinetuneConfig(**record.get("finetune", {})), plan.seed)
+    plan = result.plan
+    ctx = make_context(task, None, FinetuneConfig(**record.get("finetune", {})))
     model = final_form(build_compressed(plan, ctx), ctx)
     model = bake(model) if any(hasattr(m, "parametrizations") for m in model.modules()) else model
     model.load_state_dict(packing.unpack_state_dict(weights.read_bytes()))
-    return model.eval(), task, dict(frozen.user_attrs.get("metrics", {})), record
+    return model.eval(), task, dict(result.metrics), record
 
 
 def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",

@@ -154,3 +154,19 @@ def cross_validated_error(space: SearchSpace, results: Sequence[Any],
                                  scoring="neg_mean_absolute_error")
         errors[name] = float(-scores.mean())
     return errors
+
+
+def summary(space: SearchSpace, results: Sequence[Any], objectives: Mapping[str, str], *,
+            warmup: int, seed: int) -> dict[str, Any]:
+    """How the learned predictor did in a study: skipped trials, and the cross-validated mean
+    absolute error of its forests on the trained trials (once there are enough)."""
+    from autocompress.result import Stop, TrialCounts
+
+    trained = sum(r.ok for r in results)
+    return {
+        "warmup": warmup, "trained_trials": trained,
+        "skipped": TrialCounts.of(r for r in results if r.stopped(Stop.SKIPPED)).skipped,
+        "cross_validated_mean_abs_error": (
+            cross_validated_error(space, results, objectives, seed=seed)
+            if trained >= max(warmup, 5) else None),
+    }

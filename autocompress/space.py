@@ -29,7 +29,7 @@ from autocompress.errors import ConfigError, unknown_key_error
 from autocompress.files import read_yaml
 from autocompress.params import Param
 from autocompress.plan import Choice
-from autocompress.techniques import nni_adapter, parameters
+from autocompress.techniques import parameters, providers
 
 
 class Suggester(Protocol):
@@ -184,8 +184,8 @@ class SearchSpace:
                     allowed = [n.split(".", 1)[1] for n in known if n.startswith(section + ".")]
                     raise unknown_key_error(where, name, [f"{section}.{a}" for a in allowed])
                 dims[name] = _dimension(where, name, spec, known[name])
-                for value in dims[name].values:  # NNI's choices only where NNI imports
-                    nni_adapter.require(where, name, value)
+                for value in dims[name].values:  # a provider's choices only where it imports
+                    providers.require(where, name, value)
         return cls(dims, source=where)
 
     @classmethod

@@ -1,6 +1,6 @@
 """One trial, for real, constraint first: structure, measure, then (only if it can fit) train.
 
-The steps follow ``../shared/DESIGN.md``:
+The steps follow ``docs/architecture.md``:
 
 1. build the compressed structure (student, pruning masks, quantization formats);
 2. measure what does not depend on weight values, on the structure in its final form: the stored
@@ -24,74 +24,34 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.budget import Budget, feasible, format_violations
+from autocompress.budget import Budget, feasible
 from autocompress.config import FinetuneConfig, MeasureConfig
 from autocompress.errors import TrialError
 from autocompress.measure import measure_latency, pack_model, stored_bits, stored_bytes
 from autocompress.measure.peak import peak_inference_bytes
 from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
+from autocompress.result import (  # noqa: F401  (re-exported: the trial's public vocabulary)
+    COMPLETE,
+    FAILED,
+    MAIN_COLUMNS,
+    PRUNED,
+    Stop,
+    StopReason,
+    TrialResult,
+)
 from autocompress.tasks import Task
-from autocompress.techniques import PIPELINE, distill
+from autocompress.techniques import STRUCTURAL, distill
 from autocompress.techniques.common import Context, bake, count_parameters
 from autocompress.techniques.prune import sparsity
-
-COMPLETE, FAILED, PRUNED = "complete", "failed", "pruned"
-STRUCTURE = "structure"
-SKIPPED = "skipped"  # stopped_at prefix of a trial a learned predictor did not train
-MAIN_COLUMNS = ("accuracy", "latency_ms", "memory_bytes")  # kept first, never renamed
-
-
-@dataclass
-class TrialResult:
-    """What one trial found: its plan, state, metrics and how they were measured."""
-
-    plan: Plan
-    state: str = COMPLETE
-    metrics: dict[str, float] = field(default_factory=dict)
-    measurement: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    duration_s: float = 0.0
-    number: int | None = None
-    constraints: dict[str, float] = field(default_factory=dict)
-    stopped_at: str = ""  # "structure" (constraint-first stop), "epoch N" (early stop),
-    # "skipped: why" (a learned predictor's call), or ""
-    packed: bytes | None = field(default=None, repr=False)  # the finished model's stored form
-
-    @property
-    def ok(self) -> bool:
-        """Completed with every metric measured (not failed, not stopped early or at structure)."""
-        return self.state == COMPLETE and not self.stopped_at
-
-    @property
-    def feasible(self) -> bool:
-        return self.state == COMPLETE and feasible(self.constraints)
-
-    @property
-    def violations(self) -> str:
-        return format_violations(self.constraints)
-
-    def to_row(self) -> dict[str, Any]:
-        """One flat row: ``trial``, ``state``, the metrics, then ``plan.<choice>`` columns."""
-        row: dict[str, Any] = {"trial": self.number, "state": self.state}
-        for name in MAIN_COLUMNS:
-            row[name] = self.metrics.get(name)
-        row.update({k: v for k, v in self.metrics.items() if k not in MAIN_COLUMNS})
-        row["feasible"] = self.feasible
-        row["violations"] = self.violations
-        row["stopped_at"] = self.stopped_at
-        row["duration_s"] = round(self.duration_s, 3)
-        row["reason"] = self.reason
-        row.update({f"plan.{k}": v for k, v in self.plan.choices.items()})
-        row["plan.seed"] = self.plan.seed
-        return row
+from autocompress.techniques.training import penultimate_features
 
 
 def _deploy(model: nn.Module, task: Task, settings: MeasureConfig) -> nn.Module:
@@ -160,8 +120,10 @@ def measure_accuracy(model: nn.Module, task: Task, settings: MeasureConfig) -> d
 
 
 def make_context(
-    task: Task, teacher_outputs: TeacherOutputs | None, finetune: FinetuneConfig, seed: int
+    task: Task, teacher_outputs: TeacherOutputs | None, finetune: FinetuneConfig, *,
+    time_limit_s: float | None = None, on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> Context:
+    """What the techniques of one trial read (randomness comes from the Plan's seed)."""
     return Context(
         teacher=task.teacher,
         train_x=task.train.x,
@@ -173,7 +135,8 @@ def make_context(
         epochs=finetune.epochs,
         lr=finetune.lr,
         batch_size=finetune.batch_size,
-        seed=seed,
+        time_limit_s=time_limit_s,
+        on_epoch=on_epoch,
     )
 
 
@@ -189,15 +152,14 @@ class TeacherOutputs:
         teacher.eval()
         with torch.inference_mode():
             logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)])
-        return cls(logits, distill.penultimate_features(teacher, x))
+        return cls(logits, penultimate_features(teacher, x))
 
 
 def build_compressed(plan: Plan, ctx: Context) -> nn.Module:
     """Step 1: the compressed structure (every technique except the fine-tuning one)."""
     model = ctx.teacher
-    for technique in PIPELINE:
-        if technique is not distill:
-            model = technique.apply(model, plan, ctx)
+    for technique in STRUCTURAL:
+        model = technique.apply(model, plan, ctx)
     return model
 
 
@@ -207,12 +169,13 @@ def final_form(model: nn.Module, ctx: Context) -> nn.Module:
     Pruning schedules jump to their last epoch and post-training quantization is applied, so the
     structure, sparsity and formats measured here are those of the finished model.
     """
-    if not ctx.before_epoch and not ctx.after_training:
+    hooks = ctx.registered
+    if not hooks.before_epoch and not hooks.after_training:
         return model  # training changes only weight values: measured as it stands
     probe = copy.deepcopy(model)
-    for hook in ctx.before_epoch:
+    for hook in hooks.before_epoch:
         hook(max(0, ctx.epochs - 1), probe)
-    for hook in ctx.after_training:
+    for hook in hooks.after_training:
         hook(probe)
     return bake(probe)
 
@@ -276,35 +239,36 @@ def run_trial(
     teacher_accuracy = (teacher_metrics or {}).get("accuracy")
     started = time.perf_counter()
 
-    def result(state: str, metrics: dict, measurement: dict, *, stopped_at: str = "",
-               reason: str = "") -> TrialResult:
-        return TrialResult(plan, state, metrics, measurement, reason=reason,
+    def result(state: str, metrics: dict, measurement: dict, *,
+               stop: StopReason | None = None) -> TrialResult:
+        return TrialResult(plan, state, metrics, measurement,
                            duration_s=time.perf_counter() - started,
-                           constraints=budget.constraints(metrics, teacher_accuracy),
-                           stopped_at=stopped_at)
+                           constraints=budget.constraints(metrics, teacher_accuracy), stop=stop)
 
     torch.manual_seed(plan.seed)
     try:
         with _alarm(timeout_s):
-            ctx = make_context(task, teacher_outputs, finetune, plan.seed)
-            ctx.time_limit_s = timeout_s
+            reporter = (_epoch_reporter(task, should_stop, on_epoch)
+                        if should_stop is not None or on_epoch is not None else None)
+            ctx = make_context(task, teacher_outputs, finetune, time_limit_s=timeout_s,
+                               on_epoch=reporter)  # the reporter runs only while training
             model = build_compressed(plan, ctx)
             ctx.check_time()
             metrics, measurement = measure_structure(final_form(model, ctx), task, measure, budget,
                                                      need_peak=need_peak)
-            metrics.update(ctx.notes)
+            metrics.update(ctx.registered.notes)
             if not feasible(budget.constraints(metrics)):
-                return result(COMPLETE, metrics, measurement, stopped_at=STRUCTURE)
+                return result(COMPLETE, metrics, measurement, stop=StopReason(Stop.STRUCTURE))
             skip = judge(metrics) if judge is not None else ""
             if skip:
-                return result(PRUNED, metrics, measurement, stopped_at=f"{SKIPPED}: {skip}")
-            if should_stop is not None or on_epoch is not None:
-                ctx.on_epoch = _epoch_reporter(task, should_stop, on_epoch)
+                return result(PRUNED, metrics, measurement,
+                              stop=StopReason(Stop.SKIPPED, why=skip))
             try:
                 model = train(model, plan, ctx)
-            except _StopEarly as stop:
-                metrics["accuracy"] = stop.accuracy
-                return result(PRUNED, metrics, measurement, stopped_at=f"epoch {stop.epoch}")
+            except _StopEarly as early:
+                metrics["accuracy"] = early.accuracy
+                return result(PRUNED, metrics, measurement,
+                              stop=StopReason(Stop.EARLY, epoch=early.epoch))
             ctx.check_time()
             model = bake(model)
             packed = pack_model(model)

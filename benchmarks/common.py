@@ -1,5 +1,11 @@
-"""What the benchmarks share: studies run in scratch folders with cached teachers, selection of
-front members by test accuracy, and the headline each benchmark returns."""
+"""What the benchmarks share: the three sizes of a run, studies run in scratch folders with cached
+teachers, selection of front members by test accuracy, and the headline each benchmark returns.
+
+Every benchmark's ``main(size)`` takes one of :data:`SIZES`: ``full`` (the figures the docs
+quote), ``quick`` (fewer trials and seeds) and ``smoke`` (seconds: the 8x8 digits, a teacher
+and students trained for 2 epochs, two or three trials; :func:`shrink`), which the tests run so
+no benchmark drifts away from the API unnoticed. Smoke figures mean nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +15,57 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import autocompress
 
 ROOT = Path(__file__).resolve().parents[1]
 # git-ignored: each teacher is trained once and reused by every run (a test points it elsewhere)
 TEACHERS = Path(os.environ.get("AUTOCOMPRESS_BENCH_TEACHERS", ROOT / "benchmarks" / ".teachers"))
+SIZES = ("full", "quick", "smoke")
+T = TypeVar("T")
 
 
 @dataclass
 class Headline:
-    """The last line of a benchmark and whether its target was met (None: no target)."""
+    """The last line of a benchmark and whether its target was met (None: no target).
+
+    ``figures`` are the numbers the line states, by name (finite ones only), so a test or a
+    summary can read them without parsing the text.
+    """
 
     name: str
     text: str
     met: bool | None = None
+    figures: dict[str, float] = field(default_factory=dict)
 
 
-def study(fields: Mapping[str, Any], *, name: str = "bench") -> autocompress.StudyConfig:
-    """A study config from fields (as in a study file), quickstart's where not given."""
+def sized(size: str, *, full: T, quick: T, smoke: T) -> T:
+    """The setting for ``size`` (one of :data:`SIZES`)."""
+    if size not in SIZES:
+        raise ValueError(f"size: got {size!r}, expected one of {', '.join(SIZES)}")
+    return {"full": full, "quick": quick, "smoke": smoke}[size]
+
+
+def shrink(config: autocompress.StudyConfig, size: str) -> autocompress.StudyConfig:
+    """``config`` as run at ``size``: unchanged, except in the smoke form, which swaps in the
+    8x8 digits (1,797 images), a teacher trained for 2 epochs, 2 fine-tune epochs and 3 timed
+    passes (a teacher that weak leaves some students within the accuracy budgets, so fronts
+    are not empty). Trial counts stay each benchmark's own choice."""
+    if size != "smoke":
+        return config
+    task = {**vars(config.task), "dataset": "digits", "teacher_epochs": 2, "checkpoint": None}
+    measure = {**vars(config.measure), "warmup": 1, "repeats": 3}
+    return config.with_overrides(where="benchmark smoke form", task=task, measure=measure,
+                                 finetune={**vars(config.finetune), "epochs": 2})
+
+
+def study(fields: Mapping[str, Any], *, name: str = "bench", size: str = "full"
+          ) -> autocompress.StudyConfig:
+    """A study config from fields (as in a study file), quickstart's where not given, at
+    ``size`` (see :func:`shrink`)."""
     base = autocompress.load_study(ROOT / "studies" / "quickstart.yaml")
     data: dict[str, Any] = {
         "name": name, "task": vars(base.task), "space": str(ROOT / base.space),
@@ -39,7 +74,7 @@ def study(fields: Mapping[str, Any], *, name: str = "bench") -> autocompress.Stu
         "sampler": base.sampler, "measure": vars(base.measure),
     }
     data.update(fields)
-    return autocompress.study_from_dict(data, where=f"benchmark {name}")
+    return shrink(autocompress.study_from_dict(data, where=f"benchmark {name}"), size)
 
 
 @contextmanager

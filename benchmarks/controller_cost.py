@@ -1,6 +1,6 @@
 """Cost of the controller: per-trial time spent outside the trial (sampler, storage, recording).
 
-    .venv/bin/python -m benchmarks controller [--quick]
+    .venv/bin/python -m benchmarks controller [--quick | --smoke]
 
 A trivial objective (a TrialResult made up on the spot, no model) runs through the Optuna
 backend exactly as real trials do (NSGA-II, SQLite storage with heartbeats, constraints, user
@@ -20,28 +20,29 @@ import time
 
 import optuna
 
+import autocompress
 from autocompress.backends import optuna_backend
 from autocompress.backends.storage import open_storage
-from autocompress.plan import Plan
-from autocompress.space import SearchSpace
-from autocompress.trial import TrialResult
-from benchmarks.common import ROOT, Headline, run, scratch, study, table
+from benchmarks.common import ROOT, Headline, run, scratch, sized, study, table
 
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
 
 
 def trivial_trials(n: int, folder) -> float:
     """Seconds per trial of ``n`` trivial trials on a fresh SQLite study."""
-    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
+    space = autocompress.SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
     storage = open_storage(f"sqlite:///{folder / f'controller-{n}.db'}")
     optuna_study = optuna_backend.open_study(storage, f"controller-{n}", OBJECTIVES,
                                              sampler_name="nsga2", seed=0, n_trials=n)
     draw = random.Random(0)
 
-    def made_up(plan: Plan, *, should_stop=None, on_epoch=None) -> TrialResult:
+    def made_up(plan: autocompress.Plan, *, should_stop=None, on_epoch=None, judge=None
+                ) -> autocompress.TrialResult:
+        # the keywords optimize() passes every runner (judge: the predictor's, unused here)
         metrics = {"accuracy": draw.random(), "latency_ms": draw.random(),
                    "memory_bytes": draw.random() * 1e5}
-        return TrialResult(plan, "complete", metrics, {}, constraints={"memory_bytes": -1.0})
+        return autocompress.TrialResult(plan, "complete", metrics, {},
+                                        constraints={"memory_bytes": -1.0})
 
     started = time.perf_counter()
     optuna_backend.optimize(optuna_study, space, made_up, n_trials=n, target=n, seed=0,
@@ -51,9 +52,11 @@ def trivial_trials(n: int, folder) -> float:
 
 def plain_optuna(n: int, storage) -> float:
     """Seconds per trial of Optuna alone (same space, NSGA-II, no attributes) on ``storage``."""
-    space = SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
+    space = autocompress.SearchSpace.from_yaml(ROOT / "search_spaces" / "default.yaml")
     draw = random.Random(0)
-    with optuna_backend._optuna_quiet():
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # no line per trial, as in our backend
+    try:
         plain = optuna.create_study(storage=storage, directions=["maximize", "minimize"],
                                     sampler=optuna.samplers.NSGAIISampler(seed=0))
 
@@ -63,11 +66,13 @@ def plain_optuna(n: int, storage) -> float:
 
         started = time.perf_counter()
         plain.optimize(objective, n_trials=n)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return (time.perf_counter() - started) / n
 
 
-def main(quick: bool = False) -> Headline:
-    sizes = (20, 100) if quick else (100, 1000)
+def main(size: str = "full") -> Headline:
+    sizes = sized(size, full=(100, 1000), quick=(20, 100), smoke=(10, 20))
     with scratch() as folder:
         per_trial = {n: trivial_trials(n, folder) for n in sizes}
         n = sizes[0]
@@ -76,7 +81,8 @@ def main(quick: bool = False) -> Headline:
         plain = {"SQLite (RDBStorage)": plain_optuna(n, f"sqlite:///{folder / 'plain.db'}"),
                  "a journal file (JournalStorage)": plain_optuna(n, journal),
                  "memory": plain_optuna(n, None)}
-        outcome, _ = run(study({"trials": 5 if quick else 10, "sampler": "random"}),
+        trials = sized(size, full=10, quick=5, smoke=2)
+        outcome, _ = run(study({"trials": trials, "sampler": "random"}, size=size),
                          folder / "quickstart")
     trial_s = statistics.median(r.duration_s for r in outcome.results)
     rows = [[f"trivial objective, {n} trials", f"{1000 * s:.1f}", f"{100 * s / trial_s:.2f}%"]
@@ -94,7 +100,8 @@ def main(quick: bool = False) -> Headline:
             f"{share:.2f}% of a quickstart trial (target < 2%); per-trial cost x{growth:.2f} "
             f"from {sizes[0]} to {sizes[1]} trials (linear total time: x1)")
     print(text)
-    return Headline("controller cost", text, met)
+    return Headline("controller cost", text, met,
+                    {"ms_per_trial": 1000 * large, "share_percent": share, "growth": growth})
 
 
 if __name__ == "__main__":

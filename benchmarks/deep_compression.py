@@ -1,6 +1,6 @@
 """Compression against Deep Compression (Han et al., ICLR 2016, Table 1).
 
-    .venv/bin/python -m benchmarks deep_compression [--quick]
+    .venv/bin/python -m benchmarks deep_compression [--quick | --smoke]
 
 The paper: LeNet-300-100 shrank 40x (1070 kB to 27 kB) and LeNet-5 39x (1720 kB to 44 kB)
 with no accuracy loss, on the full MNIST (60,000 training images). Here each teacher is trained
@@ -22,6 +22,7 @@ from benchmarks.common import (
     most_compressed,
     run,
     scratch,
+    sized,
     study,
     table,
 )
@@ -32,7 +33,7 @@ SPACES = {"lenet300": "default.yaml", "lenet5": "cnn.yaml"}
 EPOCHS = {"lenet300": 8, "lenet5": 5}
 
 
-def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
+def search(teacher: str, trials: int, folder, size: str) -> tuple[list, bool, str, float]:
     config = study({
         "name": f"dc-{teacher}",
         "task": {"dataset": "mnist5k", "teacher": teacher},
@@ -41,7 +42,7 @@ def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
         "budget": {"max_accuracy_drop": 0.5},
         "finetune": {"epochs": EPOCHS[teacher]},
         "trials": trials, "sampler": "nsga2", "seed": 0,
-    })
+    }, size=size)
     outcome, wall = run(config, folder / teacher)
     best = most_compressed(outcome, 0.5)
     ratio = compression(outcome, best) if best else 0.0
@@ -56,16 +57,16 @@ def search(teacher: str, trials: int, folder) -> tuple[list, bool, str]:
            len(outcome.results), f"{wall:.0f}"]
     detail = (f"{teacher} trial {best.number}: " + choices(best, list(outcome.space.searched))
               if best else f"{teacher}: no member within 0.5 test points")
-    return row, ratio >= target, detail
+    return row, ratio >= target, detail, ratio
 
 
-def main(quick: bool = False) -> Headline:
-    teachers = ["lenet300"] if quick else ["lenet300", "lenet5"]
-    trials = 15 if quick else 60
-    rows, met, details = [], [], []
+def main(size: str = "full") -> Headline:
+    teachers = sized(size, full=["lenet300", "lenet5"], quick=["lenet300"], smoke=["lenet300"])
+    trials = sized(size, full=60, quick=15, smoke=3)
+    rows, met, details, ratios = [], [], [], {}
     with scratch() as folder:
         for teacher in teachers:
-            row, ok, detail = search(teacher, trials, folder)
+            row, ok, detail, ratios[teacher] = search(teacher, trials, folder, size)
             rows.append(row)
             met.append(ok)
             details.append(detail)
@@ -77,7 +78,8 @@ def main(quick: bool = False) -> Headline:
             + ", ".join(f"{r[0]} {r[5]} (Deep Compression {r[6]})" for r in rows)
             + f", {trials} trials each")
     print(text)
-    return Headline("compression vs Deep Compression", text, all(met))
+    return Headline("compression vs Deep Compression", text, all(met),
+                    {f"compression_{teacher}": ratio for teacher, ratio in ratios.items()})
 
 
 if __name__ == "__main__":

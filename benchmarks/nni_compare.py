@@ -1,6 +1,6 @@
 """NNI's techniques against ours, one swap at a time, on the quickstart study.
 
-    .venv/bin/python -m benchmarks nni [--quick]
+    .venv/bin/python -m benchmarks nni [--quick | --smoke]
 
 LeNet-300-100 on mnist5k under the quickstart budget and objectives. Every row searches the same
 joint space (student width, pruning ratio and kind, bits, distillation temperature and alpha)
@@ -19,7 +19,16 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import Headline, compression, most_compressed, run, scratch, study, table
+from benchmarks.common import (
+    Headline,
+    compression,
+    most_compressed,
+    run,
+    scratch,
+    sized,
+    study,
+    table,
+)
 
 BASE = {
     "student": {"width": {"low": 0.3, "high": 1.0}},
@@ -52,16 +61,22 @@ def space_file(folder: Path, label: str, swap: tuple[str, str, str] | None) -> P
     return path
 
 
-def main(quick: bool = False) -> Headline:
-    trials, seeds = (6, 1) if quick else (24, 3)
+# the smoke form: ours and one NNI row of each kind (pruner, quantizer, distiller)
+SMOKE_ROWS = ("ours (magnitude, qat, kd)", "nni.l1 pruner", "nni.qat quantizer",
+              "nni.layerwise distiller")
+
+
+def main(size: str = "full") -> Headline:
+    trials, seeds = sized(size, full=(24, 3), quick=(6, 1), smoke=(2, 1))
+    chosen = sized(size, full=ROWS, quick=ROWS, smoke={k: ROWS[k] for k in SMOKE_ROWS})
     rows, ratios = [], {}
     with scratch() as folder:
-        for i, (label, swap) in enumerate(ROWS.items()):
+        for i, (label, swap) in enumerate(chosen.items()):
             space = str(space_file(folder, label, swap))
             runs = []
             for seed in range(seeds):
                 config = study({"name": f"nni{i}-{seed}", "space": space, "trials": trials,
-                                "sampler": "tpe", "seed": seed})
+                                "sampler": "tpe", "seed": seed}, size=size)
                 outcome, wall = run(config, folder / f"run{i}-{seed}")
                 best = most_compressed(outcome, 1.0)
                 runs.append((compression(outcome, best) if best else 0.0, best, outcome, wall))
@@ -84,7 +99,8 @@ def main(quick: bool = False) -> Headline:
     text = (f"best NNI row {best_nni[1]}: {best_nni[0]:.1f}x within 1 test point vs ours "
             f"{ours:.1f}x (median of {seeds} seed(s), {trials} trials each, TPE)")
     print(text)
-    return Headline("NNI against ours", text, None)
+    return Headline("NNI against ours", text, None,
+                    {"best_nni_compression": best_nni[0], "our_compression": ours})
 
 
 if __name__ == "__main__":

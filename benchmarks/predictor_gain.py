@@ -1,6 +1,6 @@
 """Learned predictors: hypervolume per wall-clock minute with and without them.
 
-    .venv/bin/python -m benchmarks predictor [--quick]
+    .venv/bin/python -m benchmarks predictor [--quick | --smoke]
 
 LeNet-300-100 on mnist5k (the quickstart task and space), objectives accuracy and stored size,
 budget 100 kB and at most 1 point below the teacher, 8 fine-tune epochs (so training is most of
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.common import ROOT, Headline, run, scratch, study, table
+import autocompress
+from benchmarks.common import ROOT, Headline, run, scratch, sized, study, table
 
 
-def main(quick: bool = False) -> Headline:
-    seeds, trials = (1, 40) if quick else (3, 60)
+def main(size: str = "full") -> Headline:
+    seeds, trials = sized(size, full=(3, 60), quick=(1, 40), smoke=(1, 7))
+    warmup = sized(size, full=20, quick=15, smoke=5)  # 5: the least a study file allows
     rows, gains, quality = [], [], []
     with scratch() as folder:
         for seed in range(seeds):
@@ -35,10 +37,10 @@ def main(quick: bool = False) -> Headline:
                     "budget": {"max_memory_bytes": "100kB", "max_accuracy_drop": 1.0},
                     "finetune": {"epochs": 8}, "sampler": "tpe", "seed": seed,
                     "trials": trials, "predictor": switch,
-                    "predictor_warmup": 15 if quick else 20, "predictor_max_skip": 0.5,
-                })
+                    "predictor_warmup": warmup, "predictor_max_skip": 0.5,
+                }, size=size)
                 outcome, wall = run(config, folder / f"{switch}-{seed}")
-                skipped = sum(r.stopped_at.startswith("skipped") for r in outcome.results)
+                skipped = autocompress.TrialCounts.of(outcome.results).skipped
                 measured[switch] = (outcome.front.hypervolume, wall)
                 rows.append([f"seed {seed}, predictor {switch}", f"{wall:.0f}",
                              f"{outcome.front.hypervolume:.4f}",
@@ -52,7 +54,8 @@ def main(quick: bool = False) -> Headline:
             f"{kept:.2f}x (median of {seeds} seed(s), {trials} trials; target >= 1.3x at equal "
             f"final quality)")
     print(text)
-    return Headline("learned predictors", text, gain >= 1.3 and kept >= 0.95)
+    return Headline("learned predictors", text, gain >= 1.3 and kept >= 0.95,
+                    {"gain": gain, "final_hv_ratio": kept})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Real speed-up: the largest measured latency speed-up over the teacher within 1 point.
 
-    .venv/bin/python -m benchmarks speedup [--quick]
+    .venv/bin/python -m benchmarks speedup [--quick | --smoke]
 
 The quickstart space and teacher (LeNet-300-100, mnist5k), searched on accuracy, latency and
 stored size with latency timed at batch 1 and, in a second search, at batch 256 (1 thread, ONNX
@@ -11,19 +11,19 @@ members within 1 point of the teacher's validation accuracy, the largest speed-u
 
 from __future__ import annotations
 
-from benchmarks.common import Headline, choices, run, scratch, study, table, within
+from benchmarks.common import Headline, choices, run, scratch, sized, study, table, within
 
 
-def main(quick: bool = False) -> Headline:
-    batches = [256] if quick else [1, 256]
-    trials = 12 if quick else 40
+def main(size: str = "full") -> Headline:
+    batches = sized(size, full=[1, 256], quick=[256], smoke=[256])
+    trials = sized(size, full=40, quick=12, smoke=3)
     rows, best_at = [], {}
     with scratch() as folder:
         for batch in batches:
             config = study({
                 "name": f"speed-{batch}", "budget": {"max_accuracy_drop": 1.0},
                 "measure": {"batch_size": batch, "threads": 1}, "trials": trials,
-            })
+            }, size=size)
             outcome, wall = run(config, folder / str(batch))
             close = within(outcome, 1.0, on="accuracy")
             fast = min(close, key=lambda m: m.metrics["latency_ms"], default=None)
@@ -47,7 +47,8 @@ def main(quick: bool = False) -> Headline:
             + ", ".join(f"{s:.2f}x at batch {b}" for b, s in best_at.items())
             + " (target >= 3x at batch 256)")
     print(text)
-    return Headline("real speed-up", text, met)
+    return Headline("real speed-up", text, met,
+                    {f"speedup_at_batch_{b}": s for b, s in best_at.items()})
 
 
 if __name__ == "__main__":

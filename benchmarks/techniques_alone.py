@@ -1,6 +1,6 @@
 """Each technique alone and together: the best compression within 0.5 points.
 
-    .venv/bin/python -m benchmarks techniques [--quick]
+    .venv/bin/python -m benchmarks techniques [--quick | --smoke]
 
 LeNet-300-100 on mnist5k, searched with the shipped pruning-only, quantization-only,
 distillation-only and joint (default) spaces, same trials, sampler, seed and objectives
@@ -19,6 +19,7 @@ from benchmarks.common import (
     most_compressed,
     run,
     scratch,
+    sized,
     study,
     table,
 )
@@ -27,15 +28,15 @@ SPACES = {"pruning only": "pruning_only", "quantization only": "quantization_onl
           "distillation only": "distillation_only", "joint": "default"}
 
 
-def main(quick: bool = False) -> Headline:
-    trials = 10 if quick else 40
+def main(size: str = "full") -> Headline:
+    trials = sized(size, full=40, quick=10, smoke=2)
     rows, ratios = [], {}
     with scratch() as folder:
         for label, space in SPACES.items():
             config = study({"name": space, "space": str(ROOT / "search_spaces" / f"{space}.yaml"),
                             "objectives": {"accuracy": "max", "memory_bytes": "min"},
                             "budget": {"max_accuracy_drop": 0.5}, "finetune": {"epochs": 8},
-                            "trials": trials})
+                            "trials": trials}, size=size)
             outcome, wall = run(config, folder / space)
             best = most_compressed(outcome, 0.5)
             ratios[label] = compression(outcome, best) if best else 0.0
@@ -50,7 +51,10 @@ def main(quick: bool = False) -> Headline:
     text = (f"joint space: {ratios['joint']:.1f}x within 0.5 test points, {lead:.2f}x the best "
             f"single technique ({single:.1f}x), {trials} trials each")
     print(text)
-    return Headline("techniques alone and together", text, lead > 1.0)
+    figures = {"joint_compression": ratios["joint"], "best_single_compression": single}
+    if single:
+        figures["lead"] = lead
+    return Headline("techniques alone and together", text, lead > 1.0, figures)
 
 
 if __name__ == "__main__":

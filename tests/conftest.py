@@ -7,7 +7,7 @@ import torch
 from postgres_server import postgres_url  # noqa: F401  (session fixture, see its docstring)
 
 from autocompress.tasks import TEACHERS, load_dataset
-from autocompress.techniques import distill
+from autocompress.techniques.training import fit
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def mlp_teacher(digits):
     """LeNet-300-100 trained on the 8x8 digits (a second or two)."""
     torch.manual_seed(0)
     model = TEACHERS["lenet300"](digits.input_shape, digits.num_classes)
-    distill.fit(model, digits.train.x, digits.train.y, epochs=10, batch_size=64)
+    fit(model, digits.train.x, digits.train.y, epochs=10, batch_size=64)
     return model.eval()
 
 
@@ -28,7 +28,7 @@ def mlp_teacher(digits):
 def cnn_teacher(digits):
     torch.manual_seed(0)
     model = TEACHERS["lenet5"](digits.input_shape, digits.num_classes)
-    distill.fit(model, digits.train.x, digits.train.y, epochs=6, batch_size=64)
+    fit(model, digits.train.x, digits.train.y, epochs=6, batch_size=64)
     return model.eval()
 
 
@@ -39,5 +39,5 @@ def vit_teacher(digits):
 
     torch.manual_seed(0)
     model = ViT(digits.input_shape, digits.num_classes, dim=32, depth=4, heads=4, hidden=64)
-    distill.fit(model, digits.train.x, digits.train.y, epochs=12, batch_size=64)
+    fit(model, digits.train.x, digits.train.y, epochs=12, batch_size=64)
     return model.eval()

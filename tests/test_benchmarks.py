@@ -1,26 +1,157 @@
-"""The benchmark runner works end to end: its quick version's smallest case, in a real process."""
+"""Every benchmark still runs against the current API: each one's smoke form (seconds, on the
+8x8 digits), in this process, checked for its table and its headline figures; and the runner
+end to end, in a real process."""
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 
+import pytest
+import torch
+
+import autocompress
 from autocompress.config import PROJECT_ROOT
+from benchmarks import common
+from benchmarks.__main__ import BENCHMARKS
 
 
-def test_quick_constraint_first_benchmark_prints_its_table_and_headline(tmp_path):
-    env = {**os.environ, "AUTOCOMPRESS_BENCH_TEACHERS": str(tmp_path / "teachers")}
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "constraint_first", "--quick"],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
+@dataclass(frozen=True)
+class Expect:
+    """What a benchmark's smoke run must print and return: its table's column names, the rows
+    (by their first cell) that must hold a number, and the figures its headline carries."""
+
+    columns: tuple[str, ...]
+    rows: tuple[str, ...]
+    figures: frozenset[str]
+
+
+EXPECTED = {
+    "controller": Expect(
+        ("ms per trial", "of a quickstart trial"),
+        ("trivial objective, 10 trials", "trivial objective, 20 trials",
+         "Optuna alone on SQLite", "Optuna alone on memory", "quickstart trial (median of 2)"),
+        frozenset({"ms_per_trial", "share_percent", "growth"})),
+    "constraint_first": Expect(
+        ("stop s", "full s", "ratio"), ("study: 3 trials", "over budget on"),
+        frozenset({"median_ratio"})),
+    "speedup": Expect(
+        ("teacher ms", "member ms", "speed-up", "trials", "wall s"), ("batch 256",),
+        frozenset({"speedup_at_batch_256"})),
+    "deep_compression": Expect(
+        ("teacher test acc", "teacher size", "compression", "paper", "trials"), ("lenet300",),
+        frozenset({"compression_lenet300"})),
+    "techniques": Expect(
+        ("space", "compression", "test acc", "size", "choices", "wall s"),
+        ("pruning only", "quantization only", "distillation only", "joint"),
+        frozenset({"joint_compression", "best_single_compression"})),
+    "search_efficiency": Expect(
+        ("HV@2", "HV@3", "vs random @2", "vs random @3"),
+        ("default, nsga2", "default, tpe", "default, random", "random, full-cost trials",
+         "TPE + constraint-first + median pruner"),
+        frozenset({"final_hv_full_cost_random", "final_hv_everything_on"})),
+    "predictor": Expect(
+        ("wall s", "final HV", "HV per minute", "skipped"),
+        ("seed 0, predictor off", "seed 0, predictor on"),
+        frozenset({"gain", "final_hv_ratio"})),
+    "nni": Expect(
+        ("variant", "compression", "feasible", "failed", "s/trial", "wall s"),
+        ("ours (magnitude, qat, kd)", "nni.l1 pruner", "nni.qat quantizer",
+         "nni.layerwise distiller"),
+        frozenset({"best_nni_compression", "our_compression"})),
+    "vit": Expect(
+        ("trial", "val acc", "test acc", "latency ms", "faster", "size", "smaller"),
+        ("teacher:",), frozenset({"front_members"})),
+    "front_vs_teacher": Expect(
+        ("trial", "val acc", "test acc", "latency ms", "bytes", "smaller", "faster"),
+        ("teacher",), frozenset({"compression", "speedup"})),
+    "ray_speedup": Expect(
+        ("wall s", "in trials s", "vs serial", "vs 1 thread", "hypervolume"),
+        ("serial, 1 thread", "Optuna --jobs 2", "Ray, 1 trial at a time",
+         "Ray, 2 trials at a time"),
+        frozenset({"ray_2_vs_serial_1_thread", "ray_2_vs_serial", "ray_startup_s"})),
+}
+NEEDS = {"nni": "nni", "ray_speedup": "ray"}  # optional dependency of a benchmark
+NUMBER = re.compile(r"\d+\.\d+")
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """One teacher cache for the module: the smoke forms share the digits' teachers."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture
+def smoke(teachers, monkeypatch):
+    """Teachers cached in a scratch folder; torch on 1 thread (the smoke forms check that the
+    code runs, not timings, and 2 threads on a busy 2-core machine are several times slower).
+    Yields the outcome of every study the benchmark runs through ``autocompress.run_study``."""
+    monkeypatch.setattr(common, "TEACHERS", teachers)
+    outcomes: list[autocompress.StudyOutcome] = []
+    run_study = autocompress.run_study
+
+    def recording(*args, **kwargs):
+        outcomes.append(run_study(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(autocompress, "run_study", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield outcomes
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_smoke_form_prints_its_table_and_returns_finite_figures(name, smoke, capsys):
+    expect = EXPECTED.get(name)
+    assert expect is not None, f"benchmark {name!r}: say in EXPECTED what its smoke form prints"
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
+
+    headline = importlib.import_module(BENCHMARKS[name]).main("smoke")
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert isinstance(headline, common.Headline) and headline.met in (True, False, None)
+    assert lines[-1] == headline.text  # the headline is the last line printed
+    assert any(all(column in line for column in expect.columns) for line in lines), (
+        f"no table header with {expect.columns} in:\n" + "\n".join(lines))
+    for row in expect.rows:
+        assert any(line.startswith(row) and NUMBER.search(line) for line in lines), (
+            f"no row {row!r} with a number in:\n" + "\n".join(lines))
+    assert expect.figures <= set(headline.figures), headline.figures
+    assert all(math.isfinite(v) for v in headline.figures.values())
+    # real studies ran, and no trial failed: a smoke run whose trials all fail still prints
+    # its table, with the wrong figures (a broken API shows up here as failed trials)
+    results = [r for outcome in smoke for r in outcome.results]
+    assert results, "the smoke form ran no study"
+    failed = {f"{r.state} #{r.number}: {r.reason}" for r in results if r.state == "failed"}
+    assert not failed, failed
+
+
+def test_runner_runs_a_smoke_form_and_summarises_it(teachers):
+    """``python -m benchmarks NAME --smoke``, end to end in a real process."""
+    env = {**os.environ, "AUTOCOMPRESS_BENCH_TEACHERS": str(teachers), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "constraint_first", "--smoke"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    assert "stopped plan, re-run 2x each" in out and "share of the study's trial time" in out
+    assert "== constraint_first (smoke) ==" in out and "stopped plan, re-run 1x each" in out
     summary = out.split("== summary ==")[1].strip().splitlines()
     assert len(summary) == 1 and "constraint-first savings" in summary[0]
     ratio = float(re.search(r"same plans\): ([0-9.]+)", summary[0]).group(1))
     assert 0 < ratio < 1  # a stop costs a fraction of the full trial of the same plan
+
+
+@pytest.mark.parametrize("script", ["front_vs_teacher.py", "ray_speedup.py"])
+def test_scripts_with_options_of_their_own_still_start_as_scripts(script):
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--smoke" in done.stdout, done.stderr[-2000:]
 
 
 def test_unknown_benchmark_is_refused_with_the_names():

@@ -13,10 +13,11 @@ from autocompress.budget import Budget, format_violations
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
 from autocompress.errors import ConfigError
 from autocompress.plan import Plan
+from autocompress.result import Stop
 from autocompress.tasks import Task
 from autocompress.techniques import distill
 from autocompress.techniques.common import bake
-from autocompress.trial import STRUCTURE, TeacherOutputs, run_trial
+from autocompress.trial import TeacherOutputs, run_trial
 
 FAST = MeasureConfig(warmup=2, repeats=5)
 
@@ -81,7 +82,7 @@ def test_an_infeasible_structure_never_trains(task):
                   train=spy)
     tiny = Budget(max_memory_bytes=1000)  # the teacher is ~200 kB; width 0.5 cannot fit
     stopped = run_trial(Plan({"student.width": 0.5}), task, budget=tiny, **common)
-    assert calls == [] and stopped.stopped_at == STRUCTURE and not stopped.feasible
+    assert calls == [] and stopped.stopped(Stop.STRUCTURE) and not stopped.feasible
     assert stopped.constraints["memory_bytes"] > 0 and "latency_ms" not in stopped.metrics
     slow = Budget(max_latency_ms=1e-6)
     stopped = run_trial(Plan({"student.width": 0.5}), task, budget=slow, **common)

@@ -47,3 +47,26 @@ def test_help_explains_every_option():
     sub = run_cli("search", "--help")
     for option in ("--trials", "--seed", "--out", "STUDY.yaml"):
         assert option in sub.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--seed", "-1"], "command line: --seed: got -1, expected an integer >= 0"),
+        (["--jobs", "65"], "command line: --jobs: got 65, expected an integer in [1, 64]"),
+        (["--max-concurrent", "0"], "command line: --max-concurrent: got 0, expected an integer"),
+        (["--storage", "study.db"], "command line: --storage: got 'study.db', expected a "
+                                    "SQLAlchemy URL"),
+    ],
+)
+def test_each_override_flag_is_checked_by_the_study_validator(flags, expected, tmp_path, capsys):
+    """The flags go through StudyConfig.with_overrides (the study file's checks); the error
+    names the flag, on one line, before anything is written."""
+    from autocompress import cli
+    from autocompress.config import PROJECT_ROOT
+
+    status = cli.main(["search", str(PROJECT_ROOT / "studies" / "quickstart.yaml"), *flags,
+                       "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "out").exists()

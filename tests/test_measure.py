@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from autocompress.measure import measure_latency, stored_bytes
 from autocompress.plan import Plan
@@ -50,4 +51,31 @@ def test_latency_reports_how_it_was_measured(mlp_teacher, digits):
                               warmup=2, repeats=7)
     assert latency.median_ms > 0 and latency.noise_ms >= 0
     assert (latency.batch_size, latency.threads, latency.repeats) == (4, 1, 7)
-    assert torch.get_num_threads() >= 1
+
+
+class ThreadSpy(nn.Module):
+    """Records torch's thread count at every forward pass (warm-up and timed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_latency_runs_every_pass_at_the_requested_threads_and_restores_them(threads):
+    before = torch.get_num_threads()
+    other = 3 if threads != 3 else 4  # a count that differs from the one requested
+    torch.set_num_threads(other)
+    try:
+        spy = ThreadSpy()
+        latency = measure_latency(spy, torch.zeros(1, 4), threads=threads, warmup=2, repeats=5,
+                                  min_warmup_seconds=0.0)
+        assert latency.threads == threads
+        assert len(spy.seen) == 2 + 5 and set(spy.seen) == {threads}
+        assert torch.get_num_threads() == other  # the caller's setting is back afterwards
+    finally:
+        torch.set_num_threads(before)

@@ -18,17 +18,18 @@ import torch.nn.functional as F
 
 import autocompress
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
-from autocompress.measure import pack_model
-from autocompress.packing import BITS_ATTRIBUTE, qmax
+from autocompress.measure import pack_model, stored_bits, stored_bytes
+from autocompress.packing import BITS_ATTRIBUTE, pack_state_dict, qmax, unpack_state_dict
 from autocompress.plan import Plan
 from autocompress.tasks import Task
-from autocompress.techniques import PIPELINE, distill, nni_adapter, prune, student
+from autocompress.techniques import PIPELINE, distill, providers, prune, student
 from autocompress.techniques.common import Context, weight_layers
 from autocompress.techniques.quantize import levels_per_channel
 from autocompress.trial import TeacherOutputs, run_trial
 
 pytest.importorskip("nni", reason="NNI is the nni extra (make install includes it)")
 TEACHERS = ["mlp_teacher", "cnn_teacher"]
+adapter = providers.load("nni")  # the provider's module, through the registry
 
 
 def ctx(teacher, digits, **kw) -> Context:
@@ -129,7 +130,15 @@ def test_nni_quantized_layers_hold_at_most_their_levels(mlp_teacher, digits, mod
         codes = rows / torch.where(scale > 0, scale, torch.ones_like(scale))
         torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)
     assert prune.sparsity(model) >= 0.3  # pruned stay pruned; rounding adds some zeros
-    assert len(pack_model(model)) > 0
+    blob = pack_model(model)
+    names = [f"{name}.weight" for name, _ in weight_layers(model)]
+    assert stored_bits(model) == dict.fromkeys(names, 3)  # every weight stored as 3-bit codes
+    assert len(blob) == stored_bytes(model)  # the size a trial reports is this byte string's
+    state, restored = model.state_dict(), unpack_state_dict(blob)
+    for name in names:  # the stored codes decode to the trained weights, zeros exactly
+        torch.testing.assert_close(restored[name], state[name], rtol=1e-5, atol=1e-6)
+        assert torch.equal(restored[name] == 0, state[name] == 0)
+    assert len(blob) < len(pack_state_dict(state, dict.fromkeys(names, 8)))  # 3 bits, not 8
 
 
 def test_layerwise_distillation_pulls_hidden_states_towards_the_teachers(mlp_teacher, digits):
@@ -142,7 +151,7 @@ def test_layerwise_distillation_pulls_hidden_states_towards_the_teachers(mlp_tea
                      "distill.layer_weight": weight, "distill.alpha": 0.0}, seed=4)
         c = ctx(mlp_teacher, digits, teacher_logits=teacher_logits, epochs=4)
         model = distill.apply(student.apply(mlp_teacher, plan, c), plan, c)
-        assert nni_adapter.matched_layers(model, mlp_teacher, digits.train.x[:1]) == hidden
+        assert adapter.matched_layers(model, mlp_teacher, digits.train.x[:1]) == hidden
         first = hidden[0]  # the first hidden layer sees the flattened image in both nets
         with torch.no_grad():
             mine = dict(model.named_modules())[first](digits.val.x.flatten(1))
@@ -155,7 +164,7 @@ def test_a_narrow_student_is_matched_on_its_logits_only(mlp_teacher, digits):
     c = ctx(mlp_teacher, digits)
     narrow = student.apply(mlp_teacher, Plan({"student.width": 0.5}), c)
     last = weight_layers(narrow)[-1][0]
-    assert nni_adapter.matched_layers(narrow, mlp_teacher, digits.train.x[:1]) == [last]
+    assert adapter.matched_layers(narrow, mlp_teacher, digits.train.x[:1]) == [last]
 
 
 def test_nni_choices_run_in_a_real_search_and_reach_the_report(tmp_path):

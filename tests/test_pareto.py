@@ -5,7 +5,7 @@ import pytest
 
 from autocompress.pareto import as_minimise, non_dominated, pareto_front
 from autocompress.plan import Plan
-from autocompress.trial import TrialResult
+from autocompress.result import TrialResult
 
 
 def brute_force(points: np.ndarray) -> np.ndarray:

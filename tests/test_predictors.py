@@ -11,6 +11,7 @@ import pytest
 import autocompress
 from autocompress.config import study_from_dict
 from autocompress.predictors import PlanPredictor, cross_validated_error, encode
+from autocompress.result import Stop
 
 STUDY = {
     "name": "recorded",
@@ -61,7 +62,7 @@ def test_a_search_with_the_predictor_records_skipped_plans(digits, mlp_teacher, 
     config = study_from_dict({**STUDY, "trials": 30, "predictor": "on", "predictor_warmup": 10,
                               "predictor_max_skip": 0.5, "finetune": {"epochs": 1}})
     outcome = autocompress.run_study(config, out_dir=tmp_path)
-    skipped = [r for r in outcome.results if r.stopped_at.startswith("skipped")]
+    skipped = [r for r in outcome.results if r.stopped(Stop.SKIPPED)]
     assert len(outcome.results) == 30 and len(skipped) <= 0.5 * 20
     stored = optuna.load_study(study_name="recorded", storage=f"sqlite:///{tmp_path / 'study.db'}")
     summary = json.loads((tmp_path / "study.json").read_text())["predictor"]
@@ -91,7 +92,7 @@ def test_replaying_the_study_skips_few_front_members(recorded):
     for i, result in enumerate(results):
         if i % 5 == 0:
             predictor.fit(results[:i])
-        if not predictor.ready or result.stopped_at == "structure":
+        if not predictor.ready or result.stopped(Stop.STRUCTURE):
             continue  # a search judges only plans that pass the structure stage
         so_far = autocompress.pareto_front(results[:i], recorded.config.objectives)
         # as in a search, the size is measured (here: the recorded one) and accuracy predicted

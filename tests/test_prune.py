@@ -13,6 +13,7 @@ from autocompress.plan import Plan
 from autocompress.techniques import prune
 from autocompress.techniques.common import bake, count_parameters, weight_layers
 from autocompress.techniques.importance import accumulate_gradients, criterion
+from autocompress.techniques.training import fit
 
 
 def zeros_per_layer(model) -> dict[str, int]:
@@ -63,14 +64,12 @@ def test_schedules(schedule, expected):
 
 
 def test_gradual_pruning_grows_sparsity_each_epoch_to_the_exact_target(mlp_teacher, digits):
-    from autocompress.techniques import distill
-
     seen = []
     ctx = ctx_for(mlp_teacher, digits, epochs=4)
     model = prune.apply(copy.deepcopy(mlp_teacher),
                         Plan({"prune.ratio": 0.8, "prune.schedule": "linear"}), ctx)
-    distill.fit(model, digits.train.x, digits.train.y, epochs=4, before_epoch=ctx.before_epoch,
-                on_epoch=lambda e, m: seen.append(prune.sparsity(m)))
+    fit(model, digits.train.x, digits.train.y, epochs=4, before_epoch=ctx.registered.before_epoch,
+        on_epoch=lambda e, m: seen.append(prune.sparsity(m)))
     assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8], abs=1e-4)
     assert prune.sparsity(bake(model)) == pytest.approx(0.8, abs=1e-4)
 
@@ -83,8 +82,9 @@ def test_structured_pruning_removes_units_and_matches_the_masked_model(request, 
     ctx = ctx_for(teacher, digits)
     pruned = prune.apply(copy.deepcopy(teacher), plan, ctx)
     assert count_parameters(pruned) < 0.7 * count_parameters(teacher)
-    assert ctx.notes["params_after"] < ctx.notes["params_before"]
-    assert ctx.notes["macs_after"] < ctx.notes["macs_before"]
+    notes = ctx.registered.notes
+    assert notes["params_after"] < notes["params_before"]
+    assert notes["macs_after"] < notes["macs_before"]
     # the same units zeroed in place (weights and biases) give identical outputs
     masked = copy.deepcopy(teacher)
     for (_, layer), (_, small) in zip(weight_layers(masked)[:-1], weight_layers(pruned)[:-1],

@@ -17,7 +17,7 @@ from autocompress.config import study_from_dict
 from autocompress.pareto import pareto_front
 from autocompress.plan import Plan
 from autocompress.report.html import render
-from autocompress.trial import TrialResult
+from autocompress.result import Stop, StopReason, TrialResult
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(study_folder
 def test_the_page_says_why_trials_were_infeasible():
     objectives = {"accuracy": "max", "memory_bytes": "min"}
     over = TrialResult(Plan({}), number=0, metrics={"accuracy": 0.9, "memory_bytes": 5e4},
-                       constraints={"memory_bytes": 2e4}, stopped_at="structure")
+                       constraints={"memory_bytes": 2e4}, stop=StopReason(Stop.STRUCTURE))
     page = render(name="s", results=[over], front=pareto_front([over], objectives, {}),
                   teacher={}, budget=Budget(max_memory_bytes=30_000), history=[],
                   settings={})

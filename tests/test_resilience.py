@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 import autocompress
-from autocompress.backends.optuna_backend import load_results
-from autocompress.backends.storage import REASON_ATTR, RETRY_ATTR, count_finished
+from autocompress.backends.record import REASON_ATTR, RETRY_ATTR, count_finished, load_results
 from autocompress.config import study_from_dict
 from autocompress.pareto import pareto_front
 

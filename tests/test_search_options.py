@@ -14,6 +14,7 @@ from autocompress.config import PROJECT_ROOT, MeasureConfig, study_from_dict
 from autocompress.errors import ConfigError
 from autocompress.measure.runtime import deploy
 from autocompress.plan import Plan
+from autocompress.result import Stop
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task
 from autocompress.trial import TeacherOutputs, measure_structure, run_trial
@@ -76,7 +77,7 @@ def test_a_study_with_early_stopping_records_pruned_trials(tmp_path):
     pruned = [r for r in outcome.results if r.state == "pruned"]
     assert pruned  # with these seeds, weak trials fall below the median after epoch 1
     for r in pruned:
-        assert r.stopped_at.startswith("epoch ") and r not in outcome.front.members
+        assert r.stopped(Stop.EARLY) and r not in outcome.front.members
     assert all(r.state in ("complete", "pruned", "failed") for r in outcome.results)
 
 

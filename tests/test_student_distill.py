@@ -10,8 +10,9 @@ from torch import nn
 from autocompress.errors import TrialError
 from autocompress.plan import Plan
 from autocompress.tasks import accuracy
-from autocompress.techniques import distill, student
+from autocompress.techniques import student
 from autocompress.techniques.common import weight_layers
+from autocompress.techniques.training import fit, penultimate_features
 
 
 def test_dropping_a_layer_bridges_it_linearly_and_keeps_layer_names(mlp_teacher):
@@ -44,11 +45,11 @@ def test_migration_with_any_criterion_starts_above_chance(cnn_teacher, digits, n
 
 
 def test_feature_distillation_pulls_student_features_towards_the_teachers(mlp_teacher, digits):
-    target = distill.penultimate_features(mlp_teacher, digits.train.x)
+    target = penultimate_features(mlp_teacher, digits.train.x)
     assert target.shape == (len(digits.train), 100)
 
     def gap(model):
-        feats = distill.penultimate_features(model, digits.train.x)
+        feats = penultimate_features(model, digits.train.x)
         return float(((feats - target) ** 2).mean())
 
     runs = {}
@@ -56,13 +57,13 @@ def test_feature_distillation_pulls_student_features_towards_the_teachers(mlp_te
         torch.manual_seed(0)
         fresh = student.narrow(mlp_teacher, width=1.0, example_input=digits.train.x[:1],
                                migrate=False)
-        distill.fit(fresh, digits.train.x, digits.train.y, teacher_features=target,
-                    feature_weight=weight, epochs=3)
+        fit(fresh, digits.train.x, digits.train.y, teacher_features=target,
+            feature_weight=weight, epochs=3)
         runs[weight] = gap(fresh)
     assert runs[5.0] < runs[0.0]
     narrow = student.narrow(mlp_teacher, width=0.5, example_input=digits.train.x[:1])
-    losses = distill.fit(narrow, digits.train.x, digits.train.y, teacher_features=target,
-                         feature_weight=1.0, epochs=1)  # a projection bridges 50 -> 100
+    losses = fit(narrow, digits.train.x, digits.train.y, teacher_features=target,
+                 feature_weight=1.0, epochs=1)  # a projection bridges 50 -> 100
     assert len(losses) == 1 and losses[0] > 0
 
 

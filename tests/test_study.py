@@ -89,7 +89,7 @@ def test_front_members_are_non_dominated(two_runs):
 def test_python_api_with_a_users_model_and_loaders(digits, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
-    autocompress.techniques.distill.fit(model, digits.train.x, digits.train.y, epochs=5)
+    autocompress.techniques.training.fit(model, digits.train.x, digits.train.y, epochs=5)
     train = DataLoader(TensorDataset(digits.train.x, digits.train.y), batch_size=100)
     outcome = autocompress.search(
         model, train=train, val=(digits.val.x, digits.val.y), trials=2, seed=3,

@@ -12,7 +12,7 @@ from autocompress.plan import Plan
 from autocompress.tasks import accuracy
 from autocompress.techniques import prune, quantize, student
 from autocompress.techniques.common import bake, weight_layers
-from autocompress.techniques.distill import kd_loss
+from autocompress.techniques.training import kd_loss
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.37, 0.9, 0.99])

@@ -11,10 +11,16 @@ import torch.nn.functional as F
 from autocompress.plan import Plan
 from autocompress.tasks import accuracy
 from autocompress.tasks.vit import ViT
-from autocompress.techniques import distill, quantize, transformer
+from autocompress.techniques import quantize, transformer
 from autocompress.techniques.common import Context, weight_layers
-from autocompress.techniques.distill import _BlockMatch, attention_map_loss, hidden_state_loss
-from autocompress.techniques.transformer import Encoder
+from autocompress.techniques.encoder import Encoder
+from autocompress.techniques.training import (
+    BlockMatch,
+    attention_map_loss,
+    fit,
+    hidden_state_loss,
+    task_loss,
+)
 
 
 def small_vit(digits, depth: int = 4) -> ViT:
@@ -73,7 +79,7 @@ def test_dropping_blocks_with_migration_starts_above_chance(vit_teacher, digits,
     c = ctx(vit_teacher, digits)
     student = transformer.apply(vit_teacher, Plan(halves), c)
     assert student is not vit_teacher and len(vit_teacher.blocks) == 4  # the teacher is intact
-    assert len(student.blocks) == 2 and len(c.block_map) == 2
+    assert len(student.blocks) == 2 and len(c.registered.block_map) == 2
     migrated = accuracy(student, digits.val)
     assert migrated > 0.4, (how, migrated)
     fresh = transformer.apply(vit_teacher, Plan({**halves, "transformer.migrate": False}),
@@ -95,7 +101,7 @@ def test_top_blocks_are_the_ones_whose_removal_costs_most(vit_teacher, digits):
     c = ctx(vit_teacher, digits)
     transformer.apply(vit_teacher, plan, c)
     expected = sorted(sorted(range(4), key=lambda i: -costs[i])[:2])
-    assert list(c.block_map) == expected
+    assert list(c.registered.block_map) == expected
 
 
 def test_hidden_state_and_attention_losses_match_a_hand_computation(vit_teacher, digits):
@@ -103,9 +109,9 @@ def test_hidden_state_and_attention_losses_match_a_hand_computation(vit_teacher,
                  "transformer.heads": 0.5})
     c = ctx(vit_teacher, digits)
     student = transformer.apply(vit_teacher, plan, c)
-    assert c.block_map == (0, 2)
+    assert c.registered.block_map == (0, 2)
     x = digits.val.x[:16]
-    match = _BlockMatch(student, vit_teacher, c.block_map, hidden_weight=2.0,
+    match = BlockMatch(student, vit_teacher, c.registered.block_map, hidden_weight=2.0,
                         attention_weight=3.0, example=x[:2])
     try:
         student.train()
@@ -174,7 +180,7 @@ def test_a_small_random_bert_goes_through_a_three_trial_search(tmp_path):
     teacher = bert_classifier(transformers)
     ids = torch.randint(1, 60, (600, 12))
     labels = (ids == 7).any(dim=1).long()  # does token 7 occur? learnable from the ids alone
-    distill.fit(teacher, ids[:400], labels[:400], epochs=8, batch_size=32)
+    fit(teacher, ids[:400], labels[:400], epochs=8, batch_size=32)
     teacher.eval()
     outcome = autocompress.search(
         teacher, train=(ids[:400], labels[:400]), val=(ids[400:], labels[400:]),
@@ -200,7 +206,7 @@ def test_attention_maps_of_a_bert_need_eager_attention():
 
     teacher = bert_classifier(transformers, attention="sdpa").eval()
     ids = torch.randint(1, 60, (4, 12))
-    match = _BlockMatch(copy.deepcopy(teacher), teacher, None, hidden_weight=0.0,
+    match = BlockMatch(copy.deepcopy(teacher), teacher, None, hidden_weight=0.0,
                         attention_weight=1.0, example=ids[:2])
     try:
         with pytest.raises(TrialError, match="attn_implementation='eager'"):
@@ -213,7 +219,6 @@ def test_an_embedding_bert_is_distilled_towards_the_teachers_embeddings(tmp_path
     transformers = pytest.importorskip("transformers")
     import autocompress
     from autocompress.tasks.hf import EncoderEmbedder, embedding_similarity, teacher_embeddings
-    from autocompress.techniques.importance import task_loss
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4,

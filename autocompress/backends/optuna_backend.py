@@ -1,42 +1,45 @@
-"""Optuna backend: the embedded default. Samples Plans, runs trials, keeps everything in storage.
-
-Every metric, the plan and the measurement conditions are stored as user attributes of the
-Optuna trial, so any Optuna client (optuna-dashboard included) sees them, and the study can be
-read back into :class:`TrialResult`\\ s from storage alone.
+"""Optuna backend: the embedded default. Samples Plans, runs trials in this process (or in
+``--jobs`` worker processes), keeps everything in the study's storage through
+:mod:`autocompress.backends.record`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from autocompress.backends.storage import (
+from autocompress.backends import record
+from autocompress.backends.record import (
+    CURVE_ATTR,
+    PREDICTION_ATTR,
     REASON_ATTR,
-    RETRY_ATTR,
+    SETTINGS_ATTR,
+    count_finished,
     is_counted,
-    retried,
+    load_results,
 )
 from autocompress.errors import ConfigError, TooManyFailures
 from autocompress.plan import Plan
 from autocompress.predictors import PlanPredictor
+from autocompress.result import FAILED, PRUNED, TrialResult
 from autocompress.space import SearchSpace
-from autocompress.trial import COMPLETE, FAILED, PRUNED, TrialResult
+from autocompress.trial import TeacherOutputs
 
-PLAN_ATTR, METRICS_ATTR, MEASUREMENT_ATTR = "plan", "metrics", "measurement"
-DURATION_ATTR = "duration_s"
-CONSTRAINTS_ATTR, STOPPED_ATTR, CURVE_ATTR = "constraints", "stopped_at", "epoch_accuracy"
-SETTINGS_ATTR, PREDICTION_ATTR = "settings", "prediction"
+if TYPE_CHECKING:
+    from autocompress.backends.job import SearchJob
+
 FIRST_TRIALS = 10  # more than half of these failing stops the search: a bug, not bad luck
 
 
 @contextlib.contextmanager
-def _optuna_quiet():
+def optuna_quiet():
     """Optuna's own INFO/WARNING lines off: autocompress prints one line per trial instead."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -102,7 +105,7 @@ class EarlyStopping:
         else:
             pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs),
                                                     reduction_factor=3)
-        with _optuna_quiet():
+        with optuna_quiet():
             self.shadow = optuna.create_study(direction="maximize", pruner=pruner,
                                               study_name=f"{study.study_name}-epochs")
         for frozen in study.get_trials(deepcopy=False):
@@ -171,7 +174,7 @@ def open_study(
     done = len(existing.trials) if existing is not None else 0
     # A resumed study gets a fresh stream of random numbers, so it does not repeat its trials.
     sampler = make_sampler(sampler_name, seed=seed + done, n_trials=n_trials)
-    with _optuna_quiet():
+    with optuna_quiet():
         study = optuna.create_study(
             storage=storage, study_name=name, directions=directions, sampler=sampler,
             load_if_exists=True,
@@ -221,12 +224,11 @@ def optimize(
     stand_in = dict(stand_in or {})
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        plan = Plan(space.sample(trial), seed=seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
-        trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+        plan = record.sample_plan(trial, space, seed=seed)
         judge = None
         if predictor is not None:
             def judge(measured: Mapping[str, float]) -> str:
-                verdict = _judge(predictor, trial.study, plan, objectives, measured)
+                verdict = judge_plan(predictor, trial.study, plan, objectives, measured)
                 if verdict is None:
                     return ""
                 trial.set_user_attr(PREDICTION_ATTR, verdict.to_dict())
@@ -244,28 +246,18 @@ def optimize(
         result.number = trial.number
         if shadow is not None:
             early_stopping.finish(shadow, curve, pruned=result.state == PRUNED)
-        trial.set_user_attr(DURATION_ATTR, result.duration_s)
-        trial.set_user_attr(CURVE_ATTR, curve)
-        trial.set_user_attr(STOPPED_ATTR, result.stopped_at)
+        record.write(trial, result, constraint_names=constraint_names, curve=curve)
         if on_result is not None:
             on_result(result)
         if result.state == FAILED:
-            trial.set_user_attr(REASON_ATTR, result.reason)
             raise _TrialFailed(result.reason)
-        trial.set_user_attr(METRICS_ATTR, result.metrics)
-        trial.set_user_attr(MEASUREMENT_ATTR, result.measurement)
-        trial.set_user_attr(CONSTRAINTS_ATTR, result.constraints)
-        for name, value in result.metrics.items():
-            trial.set_user_attr(name, value)
-        for name in constraint_names:
-            trial.set_constraint(name, result.constraints.get(name, 0.0))
         if result.state == PRUNED:
             raise optuna.TrialPruned(result.stopped_at)
-        return tuple(result.metrics.get(name, stand_in.get(name, 0.0)) for name in objectives)
+        return record.objective_values(result, list(objectives), stand_in)
 
     running = optuna.trial.TrialState.RUNNING
     since = len(study.trials)
-    with _optuna_quiet():
+    with optuna_quiet():
         for _ in range(n_trials):
             if target is not None and sum(  # finished here or running anywhere: one read
                     is_counted(t) or t.state == running
@@ -278,7 +270,7 @@ def optimize(
 REFIT_EVERY = 5  # finished trials between refits of the predictor
 
 
-def _judge(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
+def judge_plan(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
            objectives: Mapping[str, str], measured: Mapping[str, float]):
     """Refit when enough new trials finished, then judge ``plan`` with its ``measured``
     structure metrics (None while warming up)."""
@@ -293,36 +285,64 @@ def _judge(predictor: PlanPredictor, study: optuna.Study, plan: Plan,
     return predictor.judge(plan, pareto_front(results, objectives).members, measured)
 
 
-def load_results(study: optuna.Study) -> list[TrialResult]:
-    """Every finished or failed trial of ``study`` as a TrialResult, from storage alone."""
-    results = []
-    retries = retried(study)
-    for frozen in study.get_trials(deepcopy=False):
-        attrs = frozen.user_attrs
-        states = {"COMPLETE": COMPLETE, "FAIL": FAILED, "PRUNED": PRUNED}
-        if frozen.state.name not in states:
-            continue  # running or waiting
-        state = states[frozen.state.name]
-        plan = Plan.from_dict(attrs.get(PLAN_ATTR, {"choices": frozen.params}))
-        results.append(
-            TrialResult(
-                plan=plan,
-                state=state,
-                metrics=dict(attrs.get(METRICS_ATTR, {})),
-                measurement=dict(attrs.get(MEASUREMENT_ATTR, {})),
-                reason=attrs.get(REASON_ATTR, "") or _abandoned_reason(frozen, retries),
-                duration_s=float(attrs.get(DURATION_ATTR, 0.0)),
-                number=frozen.number,
-                constraints=dict(attrs.get(CONSTRAINTS_ATTR, {})),
-                stopped_at=attrs.get(STOPPED_ATTR, ""),
-            )
-        )
-    return results
+def resume(study: optuna.Study, *, without_heartbeat: bool) -> str:
+    """Fail the trials a killed search left running and queue their choices again; returns
+    what was done, for the progress line ("" for a new study)."""
+    from autocompress.backends.storage import fail_dead_trials, requeue_abandoned
 
-
-def _abandoned_reason(frozen: optuna.trial.FrozenTrial, retries: Mapping[int, int]) -> str:
-    if frozen.state != optuna.trial.TrialState.FAIL:
+    if not study.trials:
         return ""
-    again = (f"its choices were retried as trial {retries[frozen.number]}"
-             if frozen.number in retries else "its choices are retried when the study resumes")
-    return f"interrupted: the search was stopped or killed while it ran; {again}"
+    finished = count_finished(study)
+    dead = fail_dead_trials(study, without_heartbeat=without_heartbeat)
+    queued = requeue_abandoned(study)
+    return (f"resuming study {study.study_name!r}: {finished} finished trials kept"
+            + (f"; trials {dead} were left running by a stopped search" if dead else "")
+            + (f"; retrying the choices of trials {queued}" if queued else ""))
+
+
+def run_trials(job: SearchJob, index: int, quota: int, *,
+               outputs: TeacherOutputs | None = None) -> None:
+    """Run ``quota`` trials of ``job`` (fewer once the study is complete) in this process;
+    ``index`` numbers the worker (its sampler seed and its label)."""
+    from autocompress.backends.storage import open_storage
+
+    config = job.config
+    study = open_study(open_storage(job.storage_url, where=config.source), config.name,
+                       config.objectives, sampler_name=config.sampler,
+                       seed=config.seed + 7919 * index, n_trials=config.trials)
+    outputs = outputs or job.teacher_outputs()
+    early = (EarlyStopping(config.pruner, study, epochs=config.finetune.epochs)
+             if config.pruner != "none" else None)
+    label = f"[worker {index}] " if config.jobs > 1 else ""
+    count = [count_finished(study)]
+
+    def on_result(result: TrialResult) -> None:
+        count[0] = max(count[0], count_finished(study)) + 1  # other workers add trials too
+        job.finished(result, count[0], label)
+
+    def run(plan: Plan, **hooks: Any) -> TrialResult:
+        return job.settings.run(plan, job.task, outputs, **hooks)
+
+    optimize(study, job.space, run, n_trials=quota, target=config.trials, seed=config.seed,
+             objectives=config.objectives, constraint_names=config.budget.constraint_names(),
+             stand_in=job.settings.stand_in, early_stopping=early, on_result=on_result,
+             predictor=job.predictor())
+
+
+def _run_worker(job: SearchJob, index: int, quota: int) -> None:
+    run_trials(job, index, quota)
+
+
+class OptunaBackend:
+    """Trials in this process, or in ``config.jobs`` spawned worker processes on one storage."""
+
+    def run(self, job: SearchJob, n_trials: int, *, progress: Callable[[str], None]) -> None:
+        jobs = job.config.jobs
+        if jobs <= 1:
+            run_trials(job, 0, n_trials)
+            return
+        from autocompress.backends.parallel import run_workers
+
+        progress(f"running {n_trials} trials in {jobs} worker processes")
+        run_workers(functools.partial(_run_worker, job), remaining=n_trials, jobs=jobs,
+                    where=job.config.source)

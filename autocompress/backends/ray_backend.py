@@ -1,51 +1,45 @@
 """Ray Tune backend: the same trial objective, the same sampler, on a local Ray or a cluster.
 
-A thin adapter. Ray Tune's ``OptunaSearch`` drives the study's own Optuna sampler (same seed,
-same objectives) over the study's own Optuna storage, so every finished trial lands where the
-Optuna backend puts it, with the same user attributes and constraints, and ``trials.csv`` /
-``pareto.csv`` are written by the same code. Each trial runs :func:`autocompress.trial.run_trial`
-in a Ray worker; the teacher, its outputs and the data go to the object store once
-(``tune.with_parameters``). The worker reports validation accuracy after every fine-tune epoch,
-which the ASHA scheduler uses to stop weak trials; the final report carries every metric.
+A thin adapter. A Ray Tune :class:`~ray.tune.search.Searcher` asks the study's own Optuna
+sampler for each Plan (ask-and-tell on the study's storage), so every finished trial lands where
+the Optuna backend puts it, written by the same :mod:`~autocompress.backends.record`, and
+``trials.csv`` / ``pareto.csv`` come from the same code. Each trial runs
+:func:`autocompress.trial.run_trial` in a Ray worker; the teacher, its outputs and the data go to
+the object store once (``tune.with_parameters``). The worker reports validation accuracy after
+every fine-tune epoch, which the ASHA scheduler uses to stop weak trials; the final report
+carries the whole result.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 import logging
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from autocompress.backends import record
+from autocompress.backends.job import SearchJob, TrialSettings
 from autocompress.backends.optuna_backend import (
-    CONSTRAINTS_ATTR,
-    CURVE_ATTR,
-    DURATION_ATTR,
-    MEASUREMENT_ATTR,
-    METRICS_ATTR,
-    PLAN_ATTR,
-    PREDICTION_ATTR,
-    REASON_ATTR,
-    STOPPED_ATTR,
-    _judge,
-    _optuna_quiet,
     check_failures,
+    judge_plan,
     make_sampler,
+    optuna_quiet,
 )
-from autocompress.backends.storage import RETRY_ATTR, open_storage
+from autocompress.backends.record import NODE_ATTR, PREDICTION_ATTR, STATE_OF
+from autocompress.backends.storage import open_storage
 from autocompress.errors import TooManyFailures
 from autocompress.plan import Plan
 from autocompress.predictors import PlanPredictor
+from autocompress.result import FAILED, PRUNED, Stop, StopReason, TrialResult
 from autocompress.space import SearchSpace
-from autocompress.trial import FAILED, PRUNED, TrialResult, run_trial
 
-NODE_ATTR = "node"
+WORKER_FAILED = "the trial's worker failed (see Ray logs)"
 
 
 def _ray():
@@ -57,42 +51,49 @@ def _ray():
     return ray, tune
 
 
-def _trainable(config: dict, *, task, outputs, settings: dict) -> None:
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What each Ray worker gets besides the task: the trial settings and how it runs."""
+
+    trial: TrialSettings
+    cpus_per_trial: int = 1
+    report_epochs: bool = False  # per-epoch reports for the ASHA scheduler
+    predictor_host: Any = None   # a PredictorHost actor handle, or None
+    pid_dir: str | None = None   # each attempt leaves its process id there (lets a test kill one)
+
+
+def _trainable(config: dict, *, task, outputs, settings: WorkerSettings) -> None:
     """One trial inside a Ray worker: run it, report each epoch, then everything."""
     import ray
     from ray import tune
 
     plan = Plan.from_json(config["plan"])
-    measure = dataclasses.replace(settings["measure"], threads=settings["cpus_per_trial"])
     node = {"node_id": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
             "pid": os.getpid()}
-    if settings.get("pid_dir"):  # each attempt leaves its process id (lets a test kill one)
-        (Path(settings["pid_dir"]) / str(os.getpid())).touch()
+    if settings.pid_dir:
+        (Path(settings.pid_dir) / str(os.getpid())).touch()
 
     def on_epoch(epoch: int, accuracy: float) -> None:
         tune.report({"accuracy": accuracy, "epoch": epoch, "final": False,
                      "node": json.dumps(node)})
 
-    host, prediction = settings.get("predictor_host"), {}
+    host, prediction = settings.predictor_host, {}
 
     def judge(measured: Mapping[str, float]) -> str:
         verdict = ray.get(host.judge.remote(plan.to_json(), dict(measured)))
         prediction.update(verdict or {})
         return prediction.get("skip_reason", "")
 
-    result = run_trial(plan, task, teacher_outputs=outputs, finetune=settings["finetune"],
-                       measure=measure, budget=settings["budget"],
-                       teacher_metrics=settings["teacher_metrics"],
-                       need_peak=settings["need_peak"], timeout_s=settings.get("timeout_s"),
-                       on_epoch=on_epoch if settings["scheduler"] == "asha" else None,
-                       judge=judge if host is not None else None)
-    record = _result_to_dict(result)
+    result = settings.trial.run(plan, task, outputs, threads=settings.cpus_per_trial,
+                                on_epoch=on_epoch if settings.report_epochs else None,
+                                judge=judge if host is not None else None)
+    message = record.to_message(result)
     if prediction:
-        record["prediction"] = prediction
-    tune.report({"final": True, "epoch": settings["finetune"].epochs + 1,
-                 "result": json.dumps(record), "node": json.dumps(node),
-                 **{k: v for k, v in result.metrics.items()}})
+        message["prediction"] = prediction
+    tune.report({"final": True, "epoch": settings.trial.finetune.epochs + 1,
+                 "result": json.dumps(message), "node": json.dumps(node),
+                 **dict(result.metrics)})
 
 
 class PredictorHost:
@@ -106,7 +107,7 @@ class PredictorHost:
                                        storage=open_storage(storage, heartbeat=False))
 
     def judge(self, plan_json: str, measured: dict[str, float]) -> dict[str, Any] | None:
-        verdict = _judge(self.predictor, self.study, Plan.from_json(plan_json), self.objectives,
+        verdict = judge_plan(self.predictor, self.study, Plan.from_json(plan_json), self.objectives,
                          measured)
         if verdict is None:
             return None
@@ -124,135 +125,84 @@ def _start_predictor_host(predictor: PlanPredictor, study_name: str, storage: st
     ).remote(predictor, study_name, storage, objectives)
 
 
-def _result_to_dict(result: TrialResult) -> dict[str, Any]:
-    return {"plan": result.plan.to_dict(), "state": result.state, "metrics": result.metrics,
-            "measurement": result.measurement, "reason": result.reason,
-            "duration_s": result.duration_s, "constraints": result.constraints,
-            "stopped_at": result.stopped_at,
-            "packed": base64.b64encode(result.packed).decode() if result.packed else None}
-
-
-class _DefineByRun:
-    """OptunaSearch's define-by-run space: samples a Plan (picklable, for Tune's checkpoints)."""
-
-    def __init__(self, space: SearchSpace, seed: int) -> None:
-        self.space, self.seed = space, seed
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        plan = Plan(self.space.sample(trial),
-                    seed=self.seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
-        trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        return {"plan": plan.to_json()}
-
-
 def _searcher_class():
     from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
 
-    class RecordingOptunaSearch(OptunaSearch):
-        """OptunaSearch that records what the Optuna backend records, constraints included,
-        and tells Optuna the right state for failed, stopped and infeasible trials."""
+    class StudySearcher(Searcher):
+        """Ask-and-tell on the study's Optuna storage: each suggestion is a sampled Plan, each
+        completed trial is recorded (:mod:`record`) and told to Optuna with its state."""
 
-        def __init__(self, *args, objectives, constraint_names, stand_in, on_result, **kw):
-            super().__init__(*args, **kw)
-            self._objectives = list(objectives)
-            self._constraint_names = list(constraint_names)
-            self._stand_in = dict(stand_in)
-            self._on_result = on_result
-            self._curves: dict[str, list[float]] = {}
+        def __init__(self, study: optuna.Study, space: SearchSpace, *, seed: int,
+                     objectives: Sequence[str], constraint_names: Sequence[str],
+                     stand_in: Mapping[str, float],
+                     on_result: Callable[[TrialResult], None] | None) -> None:
+            super().__init__()
+            self.study, self.space, self.seed = study, space, seed
+            self.objectives, self.constraint_names = list(objectives), list(constraint_names)
+            self.stand_in, self.on_result = dict(stand_in), on_result
+            self.trials: dict[str, optuna.Trial] = {}
+            self.curves: dict[str, list[float]] = {}
             self.stop_reason = ""  # set when too many of the first trials failed
-            self.since = 0  # the number of this run's first trial
+            self.since = len(study.trials)  # the number of this run's first trial
 
-        def suggest(self, trial_id: str):
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return True  # the objectives come from the study, not from Tune
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
             if self.stop_reason:
                 return Searcher.FINISHED
-            return super().suggest(trial_id)
+            trial = self.study.ask()
+            self.trials[trial_id] = trial
+            return {"plan": record.sample_plan(trial, self.space, seed=self.seed).to_json()}
 
         def save(self, checkpoint_path: str) -> None:
-            callback, self._on_result = self._on_result, None  # a closure: not picklable
-            try:
-                super().save(checkpoint_path)
-            finally:
-                self._on_result = callback
+            """Nothing to save: a search resumes from the study's storage, not from Tune."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See :meth:`save`."""
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if not result.get("final") and "accuracy" in result:
-                self._curves.setdefault(trial_id, []).append(float(result["accuracy"]))
+                self.curves.setdefault(trial_id, []).append(float(result["accuracy"]))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            trial = self.trials.pop(trial_id, None)
+            if trial is None:
                 return
-            ot_trial = self._ot_trials[trial_id]
-            curve = self._curves.pop(trial_id, [])
-            ot_trial.set_user_attr(CURVE_ATTR, curve)
-            plan = Plan.from_dict(ot_trial.user_attrs.get(PLAN_ATTR, {}))
-            state = optuna.trial.TrialState.FAIL
-            values = None
+            curve = self.curves.pop(trial_id, [])
+            plan = Plan.from_dict(trial.user_attrs.get(record.PLAN_ATTR, {}))
+            constraint_names = self.constraint_names
             if result and result.get("final"):
-                record = json.loads(result["result"])
-                record_result = _record(ot_trial, record, result.get("node"))
-                for name in self._constraint_names:
-                    ot_trial.set_constraint(name, record["constraints"].get(name, 0.0))
-                if record["state"] == FAILED:
-                    state = optuna.trial.TrialState.FAIL
-                elif record["state"] == PRUNED:
-                    state = optuna.trial.TrialState.PRUNED
-                else:
-                    state = optuna.trial.TrialState.COMPLETE
-                    values = [record["metrics"].get(n, self._stand_in.get(n, 0.0))
-                              for n in self._objectives]
+                message = json.loads(result["result"])
+                finished = record.from_message(message)
+                if message.get("prediction"):
+                    trial.set_user_attr(PREDICTION_ATTR, {
+                        k: v for k, v in message["prediction"].items() if k != "skip_reason"})
             elif result and not error:  # stopped by the scheduler between epochs
                 epoch = int(result.get("epoch", len(curve)))
                 metrics = {"accuracy": float(result["accuracy"])} if "accuracy" in result else {}
-                if not curve and metrics:
-                    ot_trial.set_user_attr(CURVE_ATTR, [metrics["accuracy"]])
-                if result.get("node"):
-                    ot_trial.set_user_attr(NODE_ATTR, json.loads(result["node"]))
-                ot_trial.set_user_attr(STOPPED_ATTR, f"epoch {epoch}")
-                ot_trial.set_user_attr(METRICS_ATTR, metrics)
-                state = optuna.trial.TrialState.PRUNED
-                record_result = TrialResult(plan, PRUNED, metrics, stopped_at=f"epoch {epoch}")
+                curve = curve or list(metrics.values())
+                finished = TrialResult(plan, PRUNED, metrics,
+                                       stop=StopReason(Stop.EARLY, epoch=epoch))
+                constraint_names = []  # not measured: the samplers learn nothing of the budget
             else:
-                ot_trial.set_user_attr(REASON_ATTR, "the trial's worker failed (see Ray logs)")
-                record_result = TrialResult(plan, FAILED,
-                                            reason="the trial's worker failed (see Ray logs)")
-            self._ot_study.tell(ot_trial, values, state=state)
-            self._completed_trials.add(trial_id)
+                finished = TrialResult(plan, FAILED, reason=WORKER_FAILED)
+            if result and result.get("node"):
+                trial.set_user_attr(NODE_ATTR, json.loads(result["node"]))
+            record.write(trial, finished, constraint_names=constraint_names, curve=curve)
+            self.study.tell(trial, record.objective_values(finished, self.objectives,
+                                                           self.stand_in),
+                            state=STATE_OF[finished.state])
             try:
-                check_failures(self._ot_study, since=self.since)
+                check_failures(self.study, since=self.since)
             except TooManyFailures as exc:
                 self.stop_reason = str(exc)
-            record_result.number = ot_trial.number
-            if self._on_result is not None:
-                self._on_result(record_result)
+            finished.number = trial.number
+            if self.on_result is not None:
+                self.on_result(finished)
 
-    return RecordingOptunaSearch
-
-
-def _record(ot_trial: optuna.Trial, record: dict, node: str | None) -> TrialResult:
-    """Write one worker's result into the Optuna trial, as the Optuna backend does."""
-    ot_trial.set_user_attr(DURATION_ATTR, record["duration_s"])
-    ot_trial.set_user_attr(STOPPED_ATTR, record["stopped_at"])
-    if record.get("prediction"):
-        ot_trial.set_user_attr(PREDICTION_ATTR, {k: v for k, v in record["prediction"].items()
-                                                 if k != "skip_reason"})
-    if node:
-        ot_trial.set_user_attr(NODE_ATTR, json.loads(node))
-    if record["state"] == FAILED:
-        ot_trial.set_user_attr(REASON_ATTR, record["reason"])
-    else:
-        ot_trial.set_user_attr(METRICS_ATTR, record["metrics"])
-        ot_trial.set_user_attr(MEASUREMENT_ATTR, record["measurement"])
-        ot_trial.set_user_attr(CONSTRAINTS_ATTR, record["constraints"])
-        for name, value in record["metrics"].items():
-            ot_trial.set_user_attr(name, value)
-    packed = record.get("packed")
-    return TrialResult(Plan.from_dict(record["plan"]), record["state"], record["metrics"],
-                       record["measurement"], reason=record["reason"],
-                       duration_s=record["duration_s"], constraints=record["constraints"],
-                       stopped_at=record["stopped_at"],
-                       packed=base64.b64decode(packed) if packed else None)
+    return StudySearcher
 
 
 def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:
@@ -271,57 +221,63 @@ def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:
                  include_dashboard=False, log_to_driver=False)
 
 
-def optimize(
-    *,
-    study_name: str,
-    storage: str,
-    space: SearchSpace,
-    objectives: Mapping[str, str],
-    n_trials: int,
-    seed: int,
-    sampler_name: str,
-    settings: dict[str, Any],
-    task: Any,
-    outputs: Any,
-    ray_config: Any,
-    results_dir: Path,
-    constraint_names: Sequence[str] = (),
-    stand_in: Mapping[str, float] | None = None,
-    on_result: Callable[[TrialResult], None] | None = None,
-    predictor: PlanPredictor | None = None,
-) -> None:
-    """Run ``n_trials`` more trials on Ray Tune; they land in ``storage`` like Optuna's.
+class RayBackend:
+    """Trials as Ray Tune trials on a local Ray or the cluster at ``config.ray.address``.
 
-    With a ``predictor``, each worker asks it (through :class:`PredictorHost`) whether to train
-    a Plan once its structure is measured, as the Optuna backend does."""
+    ``pid_dir`` (tests): a folder where each trial's worker leaves its process id."""
+
+    def __init__(self, *, pid_dir: str | None = None) -> None:
+        self.pid_dir = pid_dir
+
+    def run(self, job: SearchJob, n_trials: int, *, progress: Callable[[str], None]) -> None:
+        ray_config = job.config.ray
+        progress(f"running on Ray: {ray_config.max_concurrent} trials at a time, "
+                 f"{ray_config.cpus_per_trial} CPU(s) each, scheduler {ray_config.scheduler}")
+        optimize(job, n_trials, pid_dir=self.pid_dir)
+
+
+def optimize(job: SearchJob, n_trials: int, *, pid_dir: str | None = None) -> None:
+    """Run ``n_trials`` more trials of ``job`` on Ray Tune; they land in its storage as
+    Optuna's do. With a predictor, each worker asks it (through :class:`PredictorHost`)
+    whether to train a Plan once its structure is measured, as the Optuna backend does."""
     _, tune = _ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    config, ray_config = job.config, job.config.ray
     init_ray(ray_config.address)
     # Intermediate reports carry only accuracy; the objectives arrive with the final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    done = len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    storage = open_storage(job.storage_url, heartbeat=False)
+    done = len(optuna.load_study(study_name=config.name, storage=storage).trials)
+    with optuna_quiet():
+        study = optuna.load_study(
+            study_name=config.name, storage=storage,
+            sampler=make_sampler(config.sampler, seed=config.seed + done, n_trials=n_trials))
+    count = [config.trials - n_trials]
+
+    def on_result(result: TrialResult) -> None:
+        count[0] += 1
+        job.finished(result, count[0])
 
     searcher = _searcher_class()(
-        space=_DefineByRun(space, seed), metric=list(objectives), mode=list(objectives.values()),
-        sampler=make_sampler(sampler_name, seed=seed + done, n_trials=n_trials),
-        study_name=study_name, storage=open_storage(storage, heartbeat=False),
-        objectives=objectives, constraint_names=constraint_names, stand_in=stand_in or {},
-        on_result=on_result,
-    )
-    searcher.since = done
-    epochs = settings["finetune"].epochs
+        study, job.space, seed=config.seed, objectives=list(config.objectives),
+        constraint_names=config.budget.constraint_names(), stand_in=job.settings.stand_in,
+        on_result=on_result)
+    epochs = config.finetune.epochs
     scheduler = (ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
                                max_t=epochs + 1, grace_period=1, reduction_factor=3)
                  if ray_config.scheduler == "asha" else FIFOScheduler())
-    host = (_start_predictor_host(predictor, study_name, storage, objectives)
+    predictor = job.predictor()
+    host = (_start_predictor_host(predictor, config.name, job.storage_url, config.objectives)
             if predictor is not None else None)
-    settings = {**settings, "cpus_per_trial": ray_config.cpus_per_trial,
-                "scheduler": ray_config.scheduler, "predictor_host": host}
+    settings = WorkerSettings(job.settings, cpus_per_trial=ray_config.cpus_per_trial,
+                              report_epochs=ray_config.scheduler == "asha",
+                              predictor_host=host, pid_dir=pid_dir)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, task=task, outputs=outputs, settings=settings),
+        tune.with_parameters(_trainable, task=job.task, outputs=job.teacher_outputs(),
+                             settings=settings),
         {"cpu": ray_config.cpus_per_trial, "gpu": ray_config.gpus_per_trial},
     )
     tuner = tune.Tuner(
@@ -331,12 +287,12 @@ def optimize(
             scheduler=scheduler, num_samples=n_trials, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"{study_name}-{done}", storage_path=str(results_dir.resolve()), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=ray_config.max_failures),
+            name=f"{config.name}-{done}", storage_path=str((job.out / "ray_results").resolve()),
+            verbose=0, failure_config=tune.FailureConfig(max_failures=ray_config.max_failures),
         ),
     )
     try:
-        with _optuna_quiet():  # OptunaSearch creates (loads) the study when the run starts
+        with optuna_quiet():
             tuner.fit()
     finally:
         if host is not None:

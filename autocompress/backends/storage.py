@@ -23,15 +23,14 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from autocompress.backends.record import RETRY_ATTR, abandoned, retried
 from autocompress.errors import ConfigError
 
 HEARTBEAT_S = 1      # a running trial writes its heartbeat this often
 GRACE_S = 5          # and is taken for dead when it has not for this long
 SQLITE_TIMEOUT_S = 60
-REASON_ATTR = "fail_reason"
-RETRY_ATTR = "retry_of"
 
 
 def default_url(out_dir: Path) -> str:
@@ -92,29 +91,6 @@ def _sqlite_pragmas(engine) -> None:
     engine.dispose()  # connections opened before the listener get it when reopened
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-
-
-def is_counted(trial: FrozenTrial) -> bool:
-    """Finished for good: complete, stopped early, or failed for a reason the trial recorded."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and REASON_ATTR in trial.user_attrs
-
-
-def count_finished(study: optuna.Study) -> int:
-    return sum(is_counted(t) for t in study.get_trials(deepcopy=False))
-
-
-def retried(study: optuna.Study) -> dict[int, int]:
-    """Abandoned trial number -> the number of the trial that retries its choices."""
-    return {t.user_attrs[RETRY_ATTR]: t.number for t in study.get_trials(deepcopy=False)
-            if RETRY_ATTR in t.user_attrs}
-
-
-def abandoned(study: optuna.Study) -> list[FrozenTrial]:
-    """Failed trials without a recorded reason: killed or interrupted, never judged."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.FAIL and REASON_ATTR not in t.user_attrs]
 
 
 def fail_dead_trials(study: optuna.Study, *, without_heartbeat: bool = False) -> list[int]:

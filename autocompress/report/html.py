@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from autocompress.result import TrialCounts
 from autocompress.units import format_bytes
 
 LABELS = {"accuracy": "validation accuracy", "latency_ms": "latency (ms)",
@@ -145,8 +146,11 @@ def render(*, name: str, results: Sequence[Any], front: Any, teacher: Mapping, b
            history: Sequence[float], settings: Mapping[str, Any]) -> str:
     """The whole page as a string."""
     esc = html.escape
-    counts = {"complete": 0, "infeasible": 0, "stopped at structure": 0, "stopped early": 0,
-              "failed": 0}
+    tally = TrialCounts.of(results)
+    counts = {"feasible": tally.feasible, "infeasible after training": tally.infeasible_trained,
+              "infeasible, stopped at structure": tally.structure,
+              "stopped early": tally.early, "not trained (predictor)": tally.skipped,
+              "failed": tally.failed, "interrupted, then retried": tally.interrupted}
     reasons: dict[str, int] = {}
     broken: dict[str, int] = {}
     for r in results:
@@ -154,16 +158,7 @@ def render(*, name: str, results: Sequence[Any], front: Any, teacher: Mapping, b
             if over > 0 and r.state == "complete":
                 broken[limit] = broken.get(limit, 0) + 1
         if r.state == "failed":
-            counts["failed"] += 1
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
-        elif r.stopped_at == "structure":
-            counts["stopped at structure"] += 1
-        elif r.stopped_at:
-            counts["stopped early"] += 1
-        elif not r.feasible:
-            counts["infeasible"] += 1
-        else:
-            counts["complete"] += 1
     budget_lines = budget.describe(teacher.get("accuracy")) if budget and not budget.empty \
         else ["none"]
     teacher_line = ", ".join(
@@ -190,7 +185,8 @@ def render(*, name: str, results: Sequence[Any], front: Any, teacher: Mapping, b
 timed passes; memory the bytes of the packed stored model.</p>
 {front_html}
 <h2>Plots</h2><div class="plots">{plots}</div>
-<h2>Trials</h2><ul>{"".join(f"<li>{esc(k)}: {v}</li>" for k, v in counts.items())}</ul>
+<h2>Trials</h2><p>{esc(tally.summary())}</p>
+<ul>{"".join(f"<li>{esc(k)}: {v}</li>" for k, v in counts.items() if v)}</ul>
 {f"<h3>Why trials were infeasible</h3><ul>{broken_items}</ul>" if broken_items else ""}
 {f"<h3>Failure reasons</h3><ul>{reason_items}</ul>" if reason_items else ""}
 <script>{_SCRIPT}</script>

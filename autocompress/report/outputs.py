@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autocompress.backends.optuna_backend import load_results
+from autocompress.backends.record import load_results
 from autocompress.backends.storage import load_recorded_study
 from autocompress.budget import Budget
 from autocompress.errors import ConfigError
@@ -19,8 +19,6 @@ from autocompress.files import write_atomic
 from autocompress.pareto import hypervolume_history, pareto_front
 from autocompress.report.html import render, scatter_plots
 from autocompress.report.tables import write_tables
-
-REPORT_FILES = ("report.html", "pareto.json", "pareto.png", "trials.csv", "pareto.csv")
 
 
 def pareto_json(front: Any, teacher: dict, record: dict) -> str:

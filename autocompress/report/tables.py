@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from autocompress.files import write_atomic
 from autocompress.pareto import ParetoFront
+from autocompress.result import FAILED, Stop, TrialResult
 from autocompress.units import format_bytes
 
 BASE_COLUMNS = ["trial", "state", "accuracy", "latency_ms", "memory_bytes"]
@@ -42,20 +44,37 @@ def describe_metrics(metrics: Mapping[str, float]) -> str:
     return text
 
 
-def describe_result(result: Any) -> str:
+def describe_result(result: TrialResult) -> str:
     """One trial in a line: its figures, or why it stopped or failed."""
-    if result.state == "failed":
+    if result.state == FAILED:
         return f"FAILED {result.reason}"
     text = describe_metrics(result.metrics)
-    if result.stopped_at.startswith("skipped"):
-        return f"{text}  not trained: {result.stopped_at.removeprefix('skipped: ')}"
-    if result.stopped_at == "structure":
+    if result.stopped(Stop.SKIPPED):
+        return f"{text}  not trained: {result.stop.why}"
+    if result.stopped(Stop.STRUCTURE):
         return f"{text}  over budget at structure ({result.violations}), not trained"
-    if result.stopped_at:
+    if result.stop is not None:
         return f"{text}  stopped early at {result.stopped_at}"
     if not result.feasible:
         return f"{text}  infeasible ({result.violations})"
     return text
+
+
+@dataclass(frozen=True)
+class TrialLine:
+    """Prints a line per finished trial: ``trial 7/40 (#6)  acc 93.1% ...  [choices]  1.2 s``.
+
+    Module-level and frozen, so it pickles to ``--jobs`` workers with the search."""
+
+    total: int
+    searched: tuple[str, ...]
+    progress: Callable[[str], None]
+
+    def __call__(self, result: TrialResult, count: int, label: str = "") -> None:
+        choices = " ".join(f"{n.split('.')[-1]}={result.plan.get(n)!s:.5}"
+                           for n in self.searched)
+        self.progress(f"{label}trial {count}/{self.total} (#{result.number})  "
+                      f"{describe_result(result)}  [{choices}]  {result.duration_s:.1f} s")
 
 
 def _short(value: object) -> str:
@@ -72,7 +91,7 @@ def format_no_front(results: Sequence[Any], closest: int = 5) -> str:
     lines = [f"No trial met the budget: {len(missed)} completed trials were all infeasible. "
              f"The {min(closest, len(missed))} closest, and the limits each broke:"]
     for r in missed[:closest]:
-        stage = " (stopped at structure)" if r.stopped_at == "structure" else ""
+        stage = " (stopped at structure)" if r.stopped(Stop.STRUCTURE) else ""
         lines.append(f"  trial {r.number}: {describe_metrics(r.metrics)}  broke "
                      f"{r.violations}{stage}")
     return "\n".join(lines)

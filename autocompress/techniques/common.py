@@ -1,30 +1,72 @@
-"""What every technique shares: the trial context, the layers worth compressing, baking."""
+"""What every technique shares: its face, the trial context, the layers worth compressing, baking.
+
+A technique is a module with the face :class:`Technique` describes. Its :class:`Context` holds
+two kinds of thing, kept apart: what the technique reads (the teacher, the data, the teacher's
+outputs, the fine-tuning settings; frozen) and what it registers for later (hooks, a trainer,
+notes, the block map; :class:`Registered`, written only through the context's methods).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.errors import TrialError
+from autocompress.params import Param
 from autocompress.plan import Plan
+
+if TYPE_CHECKING:
+    from autocompress.techniques.training import Trainer
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+class Technique(Protocol):
+    """One technique module: the parameters it adds to the space, and what it does to a model.
+
+    ``apply`` returns the changed model (the same object or a new one); it never changes
+    ``ctx.teacher``, and it reads only its own section of the plan. What it needs later in the
+    trial (a pruning schedule, post-training quantization, a provider's trainer) it registers on
+    ``ctx`` instead of doing it itself.
+    """
+
+    PARAMETERS: tuple[Param, ...]
+
+    def apply(self, model: nn.Module, plan: Plan, ctx: Context) -> nn.Module: ...
+
+
 @dataclass
+class Registered:
+    """What techniques registered on a context, for the trainer and the trial to run.
+
+    ``before_epoch(epoch, model)`` hooks run before each fine-tuning epoch (a pruning schedule),
+    ``after_training(model)`` hooks after it (post-training quantization); ``trainer`` replaces
+    our fine-tuning loop (a provider's quantizer); ``notes`` are figures to record (parameters
+    and MACs before and after); ``block_map`` is the teacher block of each student block.
+    """
+
+    before_epoch: list[Callable[[int, nn.Module], None]] = field(default_factory=list)
+    after_training: list[Callable[[nn.Module], None]] = field(default_factory=list)
+    trainer: Trainer | None = None
+    notes: dict[str, float] = field(default_factory=dict)
+    block_map: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class Context:
-    """What a technique may use besides the model and the plan.
+    """What a technique may read besides the model and the plan, and where it registers.
 
     ``teacher_logits`` (and ``teacher_features``, the teacher's inputs to its last layer) are
-    computed once per study on ``train_x`` and shared by every trial. Techniques add hooks:
-    ``before_epoch`` (e.g. a pruning schedule) and ``after_training`` (e.g. post-training
-    quantization); ``on_epoch(epoch, model)`` reports fidelity after each epoch. ``notes``
-    collects figures a technique wants recorded (parameters and MACs before and after).
+    computed once per study on ``train_x`` and shared by every trial. ``on_epoch(epoch, model)``
+    reports fidelity after each fine-tuning epoch; ``time_limit_s`` is the study's
+    ``trial_timeout``. The fields are frozen: a technique changes the trial only through the
+    registering methods below, which fill ``registered``.
     """
 
     teacher: nn.Module
@@ -32,24 +74,41 @@ class Context:
     train_y: torch.Tensor
     example_input: torch.Tensor
     teacher_logits: torch.Tensor | None = None
+    teacher_features: torch.Tensor | None = None
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 128
-    seed: int = 0
-    teacher_features: torch.Tensor | None = None
     student_factory: Callable[[Plan, nn.Module], nn.Module] | None = None
     on_epoch: Callable[[int, nn.Module], None] | None = None
-    before_epoch: list[Callable[[int, nn.Module], None]] = field(default_factory=list)
-    after_training: list[Callable[[nn.Module], None]] = field(default_factory=list)
-    notes: dict[str, float] = field(default_factory=dict)
-    time_limit_s: float | None = None  # the study's trial_timeout
-    block_map: tuple[int, ...] | None = None  # teacher block of each student block (transformers)
+    time_limit_s: float | None = None
     started: float = field(default_factory=time.monotonic)
+    registered: Registered = field(default_factory=Registered, compare=False)
 
     def check_time(self) -> None:
         """Raise :class:`TrialError` once the trial's time limit (``trial_timeout``) is spent."""
         if self.time_limit_s is not None and time.monotonic() - self.started > self.time_limit_s:
             raise TrialError(f"over its time limit of {self.time_limit_s:g} s (trial_timeout)")
+
+    def add_before_epoch(self, hook: Callable[[int, nn.Module], None]) -> None:
+        """Run ``hook(epoch, model)`` before every fine-tuning epoch (0-based)."""
+        self.registered.before_epoch.append(hook)
+
+    def add_after_training(self, hook: Callable[[nn.Module], None]) -> None:
+        """Run ``hook(model)`` once fine-tuning is done."""
+        self.registered.after_training.append(hook)
+
+    def use_trainer(self, trainer: Trainer) -> None:
+        """Fine-tune with ``trainer`` instead of our loop; a second one is combined with it."""
+        current = self.registered.trainer
+        self.registered.trainer = trainer if current is None else current.combine(trainer)
+
+    def note(self, figures: Mapping[str, float]) -> None:
+        """Record ``figures`` with the trial's metrics."""
+        self.registered.notes.update(figures)
+
+    def map_blocks(self, blocks: Sequence[int]) -> None:
+        """Student block ``i`` was teacher block ``blocks[i]`` (for block-to-block distillation)."""
+        self.registered.block_map = tuple(blocks)
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,77 +1,115 @@
-"""Importance criteria: small callables, so the criterion itself is a search dimension.
+"""Importance criteria: small callables keyed by value, so the criterion is a search dimension.
 
 A criterion scores every weight (unstructured pruning) and, reduced over a unit's incoming
-weights, every output neuron / channel (structured pruning, student migration). Criteria that
-need gradients say so (``needs_gradients``); the caller runs :func:`accumulate_gradients` first
-and passes the result, so no criterion silently depends on a ``backward()`` done elsewhere.
+weights, every output neuron / channel (structured pruning, student migration, heads). Each is a
+small object in :data:`IMPORTANCE` (Torch-Pruning's ``Importance`` objects are the model), not a
+branch on a name. What a criterion needs is part of its interface: one with
+``needs_gradients`` is given the gradients :func:`accumulate_gradients` collects on calibration
+batches, and raises without them, so none silently depends on a ``backward()`` done elsewhere.
+A provider's criterion (``nni.*``) computes whole masks from calibration data instead
+(:class:`MaskCriterion`).
 
-| name        | per weight                  | per unit                         |
-| ----------- | --------------------------- | -------------------------------- |
-| `magnitude` | abs(w)                      | L2 norm of the unit's weights    |
-| `l1`        | abs(w)                      | L1 norm of the unit's weights    |
-| `l2`        | abs(w)                      | L2 norm of the unit's weights    |
-| `gradient`  | sum over batches abs(dL/dw) | sum of the unit's scores         |
-| `taylor`    | sum over batches abs(w*dL/dw) | sum of the unit's scores       |
+| name        | per weight                    | per unit                         |
+| ----------- | ----------------------------- | -------------------------------- |
+| `magnitude` | abs(w)                        | L2 norm of the unit's weights    |
+| `l1`        | abs(w)                        | L1 norm of the unit's weights    |
+| `l2`        | abs(w)                        | L2 norm of the unit's weights    |
+| `gradient`  | sum over batches abs(dL/dw)   | sum of the unit's scores         |
+| `taylor`    | sum over batches abs(w*dL/dw) | sum of the unit's scores         |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.techniques.common import weight_layers
+from autocompress.techniques.training import task_loss
 
-CRITERIA = ("magnitude", "l1", "l2", "gradient", "taylor")
 
+class Importance(Protocol):
+    """Scores a layer's weights; the lowest scores are removed first."""
 
-@dataclass(frozen=True)
-class Criterion:
     name: str
+    needs_gradients: bool  # True: pass the accumulated gradient of the weight
 
-    @property
-    def needs_gradients(self) -> bool:
-        return self.name in ("gradient", "taylor")
-
-    def weight_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
-        """A score per weight, same shape as ``weight``; low scores are pruned first."""
-        weight = weight.detach()
-        if self.needs_gradients:
-            if grad is None:
-                raise ValueError(f"criterion {self.name!r} needs accumulated gradients")
-            return grad if self.name == "gradient" else weight.abs() * grad
-        return weight.abs()
+    def weight_scores(self, weight: torch.Tensor,
+                      grad: torch.Tensor | None = None) -> torch.Tensor:
+        """A score per weight, same shape as ``weight``."""
+        ...
 
     def unit_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
         """A score per output unit (row of a linear weight, filter of a conv)."""
+        ...
+
+
+class MaskCriterion(Protocol):
+    """A provider's criterion: computes the 0/1 weight masks itself, from calibration data."""
+
+    whole_units: bool  # it zeroes whole output units, so the model's outputs are left alone
+
+    def masks(self, model: nn.Module, ratios: dict[str, float], *,
+              calibration: tuple[torch.Tensor, torch.Tensor],
+              seed: int) -> dict[str, torch.Tensor]:
+        """Masks of the layers in ``ratios`` (layer name -> share removed); model untouched."""
+        ...
+
+
+@dataclass(frozen=True)
+class Norm:
+    """abs(w) per weight; the L``p`` norm of a unit's weights per unit."""
+
+    name: str
+    p: int
+    needs_gradients: ClassVar[bool] = False
+
+    def weight_scores(self, weight: torch.Tensor,
+                      grad: torch.Tensor | None = None) -> torch.Tensor:
+        return weight.detach().abs()
+
+    def unit_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
         rows = weight.detach().flatten(1)
-        if self.name == "l1":
-            return rows.abs().sum(dim=1)
-        if self.name in ("l2", "magnitude"):
-            return rows.norm(dim=1)
+        return rows.abs().sum(dim=1) if self.p == 1 else rows.norm(dim=1)
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The accumulated gradient per weight (times abs(w) with ``times_weight``: Taylor)."""
+
+    name: str
+    times_weight: bool
+    needs_gradients: ClassVar[bool] = True
+
+    def weight_scores(self, weight: torch.Tensor,
+                      grad: torch.Tensor | None = None) -> torch.Tensor:
+        if grad is None:
+            raise ValueError(f"criterion {self.name!r} needs accumulated gradients")
+        return weight.detach().abs() * grad if self.times_weight else grad
+
+    def unit_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
         return self.weight_scores(weight, grad).flatten(1).sum(dim=1)
 
 
-def is_embedding_target(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Targets that are vectors shaped like the outputs (a teacher's embeddings), not labels."""
-    return targets.is_floating_point() and targets.shape == outputs.shape
+IMPORTANCE: dict[str, Importance] = {
+    "magnitude": Norm("magnitude", p=2),
+    "l1": Norm("l1", p=1),
+    "l2": Norm("l2", p=2),
+    "gradient": Sensitivity("gradient", times_weight=False),
+    "taylor": Sensitivity("taylor", times_weight=True),
+}
+CRITERIA = tuple(IMPORTANCE)
 
 
-def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The training loss of a task: cross-entropy against class labels or, for an embedding
-    model whose targets are the teacher's embeddings, one minus their mean cosine similarity."""
-    if is_embedding_target(outputs, targets):
-        return 1.0 - F.cosine_similarity(outputs, targets, dim=-1).mean()
-    return F.cross_entropy(outputs, targets)
-
-
-def criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
+def criterion(name: str) -> Importance:
+    """The criterion called ``name``."""
+    found = IMPORTANCE.get(name)
+    if found is None:
         raise ValueError(f"unknown importance criterion {name!r}; expected one of {CRITERIA}")
-    return Criterion(name)
+    return found
 
 
 def _leaf_weight(module: nn.Module) -> torch.Tensor:
@@ -86,9 +124,10 @@ def accumulate_gradients(
 ) -> dict[str, torch.Tensor]:
     """Sum over ``batches`` calibration batches of abs(dL/dw) for every weight layer, by name.
 
-    The task's loss (:func:`task_loss`) on the targets; the weights are left unchanged. With
-    parametrized weights (masks, fake quantization) the gradient is taken at the stored weight,
-    so masked weights get zero and fake quantization passes it straight through.
+    The task's loss (:func:`~autocompress.techniques.training.task_loss`) on the targets; the
+    weights are left unchanged. With parametrized weights (masks, fake quantization) the
+    gradient is taken at the stored weight, so masked weights get zero and fake quantization
+    passes it straight through.
     """
     generator = torch.Generator().manual_seed(seed)
     layers = weight_layers(model)

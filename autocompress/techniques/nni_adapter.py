@@ -1,6 +1,8 @@
 """NNI 3.0 as a technique provider, behind this one module and never in the core path.
 
-NNI is imported only here, lazily, and only when a Plan asks for one of its choices:
+The registry (:mod:`autocompress.techniques.providers`) reads the declarations below
+(:data:`CHOICES`, :data:`PARAMETERS`) without NNI installed; NNI itself is imported only here,
+lazily, and only when a Plan asks for one of its choices:
 
 * ``prune.criterion: nni.l1 | nni.l2 | nni.fpgm | nni.taylor | nni.level``: NNI's pruner computes
   the masks on a copy of the model. ``prune.kind: unstructured`` keeps them as masks (what NNI
@@ -15,10 +17,11 @@ NNI is imported only here, lazily, and only when a Plan asks for one of its choi
   the outputs of student and teacher layers that share a name and an output shape (weight
   ``distill.layer_weight`` each) to our distillation loss.
 
-The fine-tuning loop stays ours (:func:`finetune`): NNI's compressors only wrap the modules and
-the optimiser, as NNI's ``TorchEvaluator`` expects. Without NNI installed, a space asking for any
-of these is refused when it is read (:func:`require`). What works and what does not on current
-torch: ``docs/nni.md``.
+The fine-tuning loop stays ours (:class:`Finetune`, around
+:func:`~autocompress.techniques.training.train_epochs`): NNI's compressors only wrap the modules
+and the optimiser, as NNI's ``TorchEvaluator`` expects. Without NNI installed, a space asking for
+any of these is refused when it is read (``providers.require``). What works and what does not on
+current torch: ``docs/nni.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import copy
 import functools
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -35,22 +39,42 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.errors import ConfigError, TrialError
+from autocompress.errors import TrialError
 from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, qmax
+from autocompress.params import Param, Settings
 from autocompress.plan import Choice, Plan
 from autocompress.techniques.common import Context, bake, weight_layers
+from autocompress.techniques.quantize import fake_quantize
+from autocompress.techniques.training import Distillation, Trainer, kd_loss, train_epochs
 
 PRUNERS = {"nni.l1": "L1NormPruner", "nni.l2": "L2NormPruner", "nni.fpgm": "FPGMPruner",
            "nni.taylor": "TaylorPruner", "nni.level": "LevelPruner"}
 CHANNEL_PRUNERS = ("nni.l1", "nni.l2", "nni.fpgm", "nni.taylor")  # zero whole output units
 QUANTIZERS = {"nni.qat": "QATQuantizer", "nni.lsq": "LsqQuantizer"}
 DISTILLERS = {"nni.layerwise": "DynamicLayerwiseDistiller"}
-INSTALL = "pip install 'autocompress[nni]'"
 TAYLOR_STEPS = 4  # calibration batches whose gradients NNI's Taylor pruner accumulates
 
+TITLE = "NNI"
+INSTALL = "pip install 'autocompress[nni]'"
+CHOICES = {"prune.criterion": tuple(PRUNERS), "quantize.mode": tuple(QUANTIZERS),
+           "distill.method": tuple(DISTILLERS)}
+PARAMETERS = {"distill.method": (
+    Param("layer_weight", "float", 1.0, "nni.layerwise: weight of each matched layer's MSE",
+          low=0.0, high=10.0),
+)}
+setting = Settings("distill", PARAMETERS["distill.method"])
 
-def is_nni(value: Choice) -> bool:
-    return isinstance(value, str) and value.startswith("nni.")
+
+def implementation(field: str, value: Choice) -> Pruner | Finetune:
+    """NNI's pruner for a ``prune.criterion``; the fine-tune through its quantizer or
+    distiller for a ``quantize.mode`` or ``distill.method``."""
+    if value not in CHOICES.get(field, ()):
+        raise ValueError(f"{field}: NNI offers {CHOICES.get(field, ())}, not {value!r}")
+    if field == "prune.criterion":
+        return Pruner(str(value))
+    if field == "quantize.mode":
+        return Finetune(quantizer=str(value))
+    return Finetune(distiller=str(value))
 
 
 @contextlib.contextmanager
@@ -79,13 +103,6 @@ def available() -> str | None:
     except Exception as exc:  # ImportError, or NNI failing on this torch
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def require(where: str, field: str, value: Choice) -> None:
-    """Refuse an NNI choice when NNI cannot be imported (called when a space is read)."""
-    if is_nni(value) and available() is not None:
-        raise ConfigError(where, field, value,
-                          f"a choice without the 'nni.' prefix, or NNI installed ({INSTALL})")
 
 
 def _load() -> SimpleNamespace:
@@ -156,6 +173,23 @@ def pruning_masks(
     return masks
 
 
+@dataclass(frozen=True)
+class Pruner:
+    """NNI's pruner ``method`` as a ``prune.criterion``: masks from calibration data."""
+
+    method: str
+
+    @property
+    def whole_units(self) -> bool:
+        return self.method in CHANNEL_PRUNERS
+
+    def masks(self, model: nn.Module, ratios: dict[str, float], *,
+              calibration: tuple[torch.Tensor, torch.Tensor],
+              seed: int) -> dict[str, torch.Tensor]:
+        return pruning_masks(model, ratios, self.method, x=calibration[0], y=calibration[1],
+                             seed=seed)
+
+
 # ---------------------------------------------------------------- fine-tuning
 
 def _mask_of(module: nn.Module) -> torch.Tensor | None:
@@ -189,8 +223,6 @@ def matched_layers(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> l
 
 def _regrid(weight: torch.Tensor, entry: dict, bits: int) -> torch.Tensor:
     """NNI's rounding with its calibrated scales, then onto our per-channel symmetric grid."""
-    from autocompress.techniques.quantize import fake_quantize
-
     scale = entry["scale"].detach().reshape(-1, *([1] * (weight.dim() - 1)))
     zero = entry["zero_point"].detach().reshape(scale.shape)
     top = qmax(bits)
@@ -198,28 +230,51 @@ def _regrid(weight: torch.Tensor, entry: dict, bits: int) -> torch.Tensor:
     return fake_quantize(codes * scale, bits, True)
 
 
-def finetune(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    """Fine-tune ``model`` in place through NNI's quantizer and/or layerwise distiller.
+@dataclass(frozen=True)
+class Finetune:
+    """The trainer NNI's choices register: our loop inside NNI's quantizer and/or distiller.
+
+    ``quantize.mode`` registers one with its ``quantizer``, ``distill.method`` one with its
+    ``distiller``; the context combines them into one fine-tune through both.
+    """
+
+    quantizer: str | None = None
+    distiller: str | None = None
+
+    def combine(self, other: Trainer) -> Finetune:
+        if not isinstance(other, Finetune):
+            raise TrialError(f"NNI's fine-tune cannot run together with {other!r}")
+        clash = [a for a, b in ((self.quantizer, other.quantizer),
+                                (self.distiller, other.distiller)) if a and b and a != b]
+        if clash:
+            raise TrialError(f"two NNI fine-tunes asked for different {clash[0]!r} compressors")
+        return Finetune(self.quantizer or other.quantizer, self.distiller or other.distiller)
+
+    def __call__(self, model: nn.Module, plan: Plan, ctx: Context,
+                 loss: Distillation) -> nn.Module:
+        return finetune(model, plan, ctx, loss, quantizer=self.quantizer,
+                        distiller=self.distiller)
+
+
+def finetune(model: nn.Module, plan: Plan, ctx: Context, loss: Distillation, *,
+             quantizer: str | None, distiller: str | None) -> nn.Module:
+    """Fine-tune ``model`` in place through NNI's ``quantizer`` and/or ``distiller``.
 
     Masks in force stay in force: a pruning schedule jumps to its final masks first, and pruned
     weights are zeroed again after every optimiser step (NNI cannot wrap our parametrized layers
-    for quantization, so those are baked to plain ones first).
+    for quantization, so those are baked to plain ones first). Of ``loss``, the temperature and
+    alpha apply; the feature and block terms do not.
     """
-    from autocompress.techniques.distill import kd_loss, train_epochs
-
     lib = _load()
-    quantizer_name = str(plan.get("quantize.mode", "qat"))
-    use_quantizer = is_nni(quantizer_name)
-    use_distiller = is_nni(plan.get("distill.method", "kd"))
-    for hook in ctx.before_epoch:
+    use_quantizer, use_distiller = quantizer is not None, distiller is not None
+    for hook in ctx.registered.before_epoch:
         hook(max(0, ctx.epochs - 1), model)
     layers = weight_layers(model)
     bits = {name: int(getattr(m, BITS_ATTRIBUTE, 32)) for name, m in layers}
     masks = {name: mask for name, m in layers if (mask := _mask_of(m)) is not None}
     if use_quantizer:
         bake(model)
-    temperature = float(plan.get("distill.temperature", 4.0))
-    alpha = float(plan.get("distill.alpha", 0.7))
+    temperature, alpha = loss.temperature, loss.alpha
     generator = torch.Generator().manual_seed(plan.seed)
     modules = dict(model.named_modules())
 
@@ -262,15 +317,15 @@ def finetune(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
             config = [{"op_names": [name], "target_names": ["weight"],
                        "quant_dtype": f"int{b}", "quant_scheme": "symmetric",
                        "granularity": "out_channel"} for name, b in bits.items() if b <= 8]
-            quantizer_class = getattr(lib.quantization, QUANTIZERS[quantizer_name])
-            extra = {"quant_start_step": 0} if quantizer_name == "nni.qat" else {}
+            quantizer_class = getattr(lib.quantization, QUANTIZERS[quantizer])
+            extra = {"quant_start_step": 0} if quantizer == "nni.qat" else {}
             compressors.append(quantizer_class(model, config, evaluator, **extra))
         if use_distiller:
             teacher = copy.deepcopy(ctx.teacher).eval()
             config = [{"op_names": matched_layers(model, teacher, ctx.example_input),
                        "target_names": ["_output_"], "link": "auto", "apply_method": "mse",
-                       "lambda": float(plan.get("distill.layer_weight", 1.0))}]
-            distiller_class = getattr(lib.distillation, DISTILLERS["nni.layerwise"])
+                       "lambda": float(setting(plan, "distill.layer_weight"))}]
+            distiller_class = getattr(lib.distillation, DISTILLERS[distiller])
             predict = lambda batch, teacher: teacher(batch[0])  # noqa: E731
             if compressors:
                 compressors.append(distiller_class.from_compressor(
@@ -287,7 +342,7 @@ def finetune(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
             compressors[-1].unwrap_model()
     if use_quantizer:
         _bake_quantized(model, bits, calibration, masks)
-    for hook in ctx.after_training:
+    for hook in ctx.registered.after_training:
         hook(model)
     return model
 

@@ -9,12 +9,13 @@
 * ``prune.kind: structured`` removes the lowest-scoring ``ratio`` of each unprotected layer's
   output units through torch-pruning's dependency graph, which keeps the next layers, batch norms
   and residual adds consistent: the model is physically smaller. Parameters and MACs before and
-  after are recorded in ``ctx.notes``.
+  after are noted on the context (``ctx.note``).
 
 The criterion (:mod:`autocompress.techniques.importance`) is a choice too; gradient and Taylor
 criteria get their gradients from calibration batches of the training split, computed here.
-``nni.*`` criteria let NNI's pruners choose (:mod:`autocompress.techniques.nni_adapter`): their
-masks are kept as masks (unstructured) or become the units removed (structured).
+A provider's criterion (``nni.*``: :mod:`autocompress.techniques.providers`) computes the masks
+itself from calibration data: they are kept as masks (unstructured) or become the units removed
+(structured).
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.errors import TrialError
-from autocompress.params import Param
+from autocompress.params import Param, Settings
 from autocompress.plan import Plan
-from autocompress.techniques import nni_adapter
+from autocompress.techniques import providers
 from autocompress.techniques.common import Context, weight_layers
-from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
-from autocompress.techniques.transformer import Encoder
+from autocompress.techniques.encoder import Encoder
+from autocompress.techniques.importance import (
+    CRITERIA,
+    MaskCriterion,
+    accumulate_gradients,
+    criterion,
+)
 
 PARAMETERS = (
     Param("ratio", "float", 0.0, "share of weights (unstructured) or units (structured) removed",
@@ -37,14 +43,15 @@ PARAMETERS = (
     Param("kind", "choice", "unstructured", "zero single weights, or remove whole units",
           values=("unstructured", "structured")),
     Param("criterion", "choice", "magnitude",
-          "importance criterion that ranks what is removed (nni.*: NNI's pruner decides)",
-          values=CRITERIA + tuple(nni_adapter.PRUNERS)),
+          "importance criterion that ranks what is removed (a provider's, e.g. nni.*: its "
+          "pruner decides)", values=CRITERIA),
     Param("schedule", "choice", "oneshot",
           "unstructured only: prune all at once, or grow sparsity over the fine-tune epochs",
           values=("oneshot", "linear", "cubic")),
     Param("protect_first", "bool", False, "leave the first weight layer unpruned"),
     Param("protect_last", "bool", False, "leave the last weight layer unpruned"),
 )
+setting = Settings("prune", PARAMETERS)
 
 
 class WeightMask(nn.Module):
@@ -58,14 +65,23 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
+def provided(plan: Plan) -> MaskCriterion | None:
+    """The provider's criterion the plan asks for, or None for one of ours."""
+    name = setting(plan, "prune.criterion")
+    if not providers.provides("prune.criterion", name):
+        return None
+    return providers.implementation("prune.criterion", name)
+
+
 def prunable_layers(model: nn.Module, plan: Plan) -> list[tuple[str, nn.Module]]:
     """The weight layers this plan may prune (first / last left out when protected)."""
     layers = weight_layers(model)
-    whole_units = (plan.get("prune.kind") == "structured"
-                   or plan.get("prune.criterion") in nni_adapter.CHANNEL_PRUNERS)
-    if plan.get("prune.protect_last", False) or whole_units:
+    by_provider = provided(plan)
+    whole_units = (setting(plan, "prune.kind") == "structured"
+                   or (by_provider is not None and by_provider.whole_units))
+    if setting(plan, "prune.protect_last") or whole_units:
         layers = layers[:-1]  # pruning whole units never removes the model's outputs
-    if plan.get("prune.protect_first", False):
+    if setting(plan, "prune.protect_first"):
         layers = layers[1:]
     return layers
 
@@ -90,17 +106,19 @@ def _ranked_masks(scores: list[torch.Tensor], counts: list[int] | int) -> list[t
 
 
 def _ratios(layers: list[tuple[str, nn.Module]], plan: Plan, fraction: float) -> dict[str, float]:
-    return {name: float(plan.for_layer("prune.ratio", name, 0.0)) * fraction for name, _ in layers}
+    return {name: float(setting(plan, "prune.ratio", layer=name)) * fraction
+            for name, _ in layers}
 
 
-def _nni_masks(model: nn.Module, plan: Plan, layers: list[tuple[str, nn.Module]],
-               calibration: tuple[torch.Tensor, torch.Tensor] | None,
-               fraction: float) -> dict[str, torch.Tensor]:
+def _provider_masks(model: nn.Module, plan: Plan, by_provider: MaskCriterion,
+                    layers: list[tuple[str, nn.Module]],
+                    calibration: tuple[torch.Tensor, torch.Tensor] | None,
+                    fraction: float) -> dict[str, torch.Tensor]:
     if calibration is None:
-        raise ValueError("NNI criteria need calibration data (x, y)")
-    return nni_adapter.pruning_masks(model, _ratios(layers, plan, fraction),
-                                     str(plan.get("prune.criterion")), x=calibration[0],
-                                     y=calibration[1], seed=plan.seed)
+        raise ValueError(f"prune.criterion {setting(plan, 'prune.criterion')} needs "
+                         "calibration data (x, y)")
+    return by_provider.masks(model, _ratios(layers, plan, fraction), calibration=calibration,
+                             seed=plan.seed)
 
 
 def weight_masks(
@@ -109,12 +127,13 @@ def weight_masks(
 ) -> dict[str, torch.Tensor]:
     """0/1 masks of the plan's unstructured pruning, at ``fraction`` of its target sparsity.
 
-    ``calibration`` (x, y) is the data an NNI criterion may need (Taylor's gradients).
+    ``calibration`` (x, y) is the data a provider's criterion needs (NNI Taylor's gradients).
     """
     layers = prunable_layers(model, plan)
-    if nni_adapter.is_nni(plan.get("prune.criterion")):
-        return _nni_masks(model, plan, layers, calibration, fraction)
-    crit = criterion(str(plan.get("prune.criterion", "magnitude")))
+    by_provider = provided(plan)
+    if by_provider is not None:
+        return _provider_masks(model, plan, by_provider, layers, calibration, fraction)
+    crit = criterion(str(setting(plan, "prune.criterion")))
     scores = [crit.weight_scores(m.weight, (grads or {}).get(name)) for name, m in layers]
     ratios = list(_ratios(layers, plan, fraction).values())
     counts: list[int] | int
@@ -122,7 +141,7 @@ def weight_masks(
         counts = [round(r * s.numel()) for r, s in zip(ratios, scores, strict=True)]
     else:
         total = sum(s.numel() for s in scores)
-        counts = round(float(plan.get("prune.ratio", 0.0)) * fraction * total)
+        counts = round(float(setting(plan, "prune.ratio")) * fraction * total)
     masks = _ranked_masks(scores, counts)
     return {name: mask for (name, _), mask in zip(layers, masks, strict=True)}
 
@@ -165,14 +184,15 @@ def unit_scores(
 ) -> dict[str, torch.Tensor]:
     """A score per output unit of each prunable layer; the lowest go first.
 
-    With an NNI criterion the score is how many of the unit's weights NNI's mask keeps, so the
-    units NNI zeroed whole are exactly the ones removed.
+    With a provider's criterion the score is how many of the unit's weights its mask keeps, so
+    the units it zeroed whole are exactly the ones removed.
     """
     layers = prunable_layers(model, plan)
-    if nni_adapter.is_nni(plan.get("prune.criterion")):
-        masks = _nni_masks(model, plan, layers, calibration, 1.0)
+    by_provider = provided(plan)
+    if by_provider is not None:
+        masks = _provider_masks(model, plan, by_provider, layers, calibration, 1.0)
         return {name: masks[name].flatten(1).sum(dim=1) for name, _ in layers}
-    crit = criterion(str(plan.get("prune.criterion", "magnitude")))
+    crit = criterion(str(setting(plan, "prune.criterion")))
     return {name: crit.unit_scores(m.weight, (grads or {}).get(name)) for name, m in layers}
 
 
@@ -192,7 +212,7 @@ def remove_units(
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     plans = []
     for name, layer in prunable_layers(model, plan):
-        ratio = float(plan.for_layer("prune.ratio", name, 0.0))
+        ratio = float(setting(plan, "prune.ratio", layer=name))
         units = layer.weight.shape[0]
         n_removed = min(units - 1, round(ratio * units))
         if n_removed <= 0:
@@ -211,13 +231,13 @@ def remove_units(
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    has_ratio = float(plan.get("prune.ratio", 0.0)) > 0 or any(
+    has_ratio = float(setting(plan, "prune.ratio")) > 0 or any(
         k.startswith("prune.ratio.") and float(v) > 0 for k, v in plan.choices.items()
     )
     if not has_ratio:
         return model
-    name = str(plan.get("prune.criterion", "magnitude"))
-    needs_gradients = not nni_adapter.is_nni(name) and criterion(name).needs_gradients
+    needs_gradients = provided(plan) is None and criterion(
+        str(setting(plan, "prune.criterion"))).needs_gradients
     calibration = (ctx.train_x, ctx.train_y)
 
     def gradients() -> dict[str, torch.Tensor] | None:
@@ -226,10 +246,10 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         return accumulate_gradients(model, ctx.train_x, ctx.train_y, seed=plan.seed)
 
     initial = gradients()
-    if plan.get("prune.kind", "unstructured") == "structured":
-        ctx.notes.update(remove_units(model, plan, ctx.example_input, initial, calibration))
+    if setting(plan, "prune.kind") == "structured":
+        ctx.note(remove_units(model, plan, ctx.example_input, initial, calibration))
         return model
-    schedule = str(plan.get("prune.schedule", "oneshot"))
+    schedule = str(setting(plan, "prune.schedule"))
     attach_masks(model, weight_masks(model, plan, grads=initial, calibration=calibration,
                                      fraction=schedule_fraction(schedule, 0, ctx.epochs)))
     if schedule != "oneshot":
@@ -240,5 +260,5 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
             attach_masks(current, weight_masks(current, plan, grads=grads, fraction=fraction,
                                                calibration=calibration))
 
-        ctx.before_epoch.append(tighten)
+        ctx.add_before_epoch(tighten)
     return model

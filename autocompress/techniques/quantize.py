@@ -9,8 +9,9 @@
 * ``quantize.mode``: ``qat`` passes the weights through ``torch.fake_quantize_per_channel_affine``
   while fine-tuning (forward rounded, backward straight through: quantization-aware
   distillation); ``ptq`` fine-tunes in float and quantizes afterwards, each channel's clipping
-  range calibrated to the smallest rounding error; ``nni.qat`` and ``nni.lsq`` fine-tune
-  through NNI's quantizers instead (symmetric; :mod:`autocompress.techniques.nni_adapter`).
+  range calibrated to the smallest rounding error. A provider's mode (``nni.qat``, ``nni.lsq``:
+  :mod:`autocompress.techniques.providers`) is a trainer: this technique only sets each layer's
+  format (symmetric) and registers the trainer on the context, which fine-tunes through it.
 
 Pruned zeros stay exactly zero in both schemes. Each layer keeps its format in ``weight_bits``
 and ``weight_scheme`` for the stored-size measurement and the runtime.
@@ -23,9 +24,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, qmax
-from autocompress.params import Param
+from autocompress.params import Param, Settings
 from autocompress.plan import Plan
-from autocompress.techniques import nni_adapter
+from autocompress.techniques import providers
 from autocompress.techniques.common import Context, weight_layers
 
 BIT_WIDTHS = (2, 3, 4, 5, 6, 8, 16, 32)
@@ -37,12 +38,13 @@ PARAMETERS = (
     Param("scheme", "choice", "symmetric", "integer grid around zero, or with a zero point",
           values=("symmetric", "asymmetric")),
     Param("mode", "choice", "qat",
-          "quantize while fine-tuning (qat), after it (ptq), or through NNI's QAT / LSQ",
-          values=("qat", "ptq", *nni_adapter.QUANTIZERS)),
+          "quantize while fine-tuning (qat), after it (ptq), or through a provider's trainer "
+          "(nni.qat, nni.lsq: NNI's QAT / LSQ)", values=("qat", "ptq")),
     Param("last_layer_8bit", "bool", False, "keep the output layer at 8 bits"),
     Param("embeddings", "bool", False,
           "quantize embedding layers too (a transformer's patch embedding stays float if not)"),
 )
+setting = Settings("quantize", PARAMETERS)
 EMBEDDING_ATTRIBUTE = "embedding"  # set True on a weight layer that embeds the input
 
 
@@ -100,8 +102,8 @@ class FakeQuantize(nn.Module):
 
 
 def layer_bits(plan: Plan, name: str, is_last: bool) -> int:
-    bits = int(plan.for_layer("quantize.bits", name, 32))
-    if is_last and plan.get("quantize.last_layer_8bit", False):
+    bits = int(setting(plan, "quantize.bits", layer=name))
+    if is_last and setting(plan, "quantize.last_layer_8bit"):
         bits = 8
     return bits
 
@@ -115,19 +117,22 @@ def _quantizer(module: nn.Module) -> FakeQuantize | None:
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    mode = plan.get("quantize.mode", "qat")
-    by_nni = nni_adapter.is_nni(mode)  # NNI's quantizer wraps the layers while fine-tuning
-    symmetric = by_nni or plan.get("quantize.scheme", "symmetric") == "symmetric"
+    mode = setting(plan, "quantize.mode")
+    by_trainer = providers.provides("quantize.mode", mode)  # it wraps the layers while training
+    if by_trainer:
+        ctx.use_trainer(providers.implementation("quantize.mode", mode))
+    symmetric = by_trainer or setting(plan, "quantize.scheme") == "symmetric"
     post_training = mode == "ptq"
     layers = weight_layers(model)
     quantized = False
     for i, (name, module) in enumerate(layers):
         bits = layer_bits(plan, name, i == len(layers) - 1)
-        if getattr(module, EMBEDDING_ATTRIBUTE, False) and not plan.get("quantize.embeddings"):
+        if getattr(module, EMBEDDING_ATTRIBUTE, False) and not setting(plan,
+                                                                       "quantize.embeddings"):
             bits = 32
         if bits >= 32:
             continue
-        if by_nni:  # only the format is set now: sizes and latency are measured from it
+        if by_trainer:  # only the format is set now: sizes and latency are measured from it
             setattr(module, BITS_ATTRIBUTE, bits)
             setattr(module, SCHEME_ATTRIBUTE, "symmetric")
             continue
@@ -138,7 +143,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         setattr(module, SCHEME_ATTRIBUTE, "symmetric" if symmetric else "asymmetric")
         quantized = True
     if post_training and quantized:
-        ctx.after_training.append(quantize_after_training)
+        ctx.add_after_training(quantize_after_training)
     return model
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialError
-from autocompress.params import Param
+from autocompress.params import Param, Settings
 from autocompress.plan import Plan
 from autocompress.techniques.common import WEIGHT_LAYERS, Context, weight_layers
 from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
@@ -41,6 +41,7 @@ PARAMETERS = (
     Param("criterion", "choice", "l2", "importance criterion choosing the migrated units",
           values=CRITERIA),
 )
+setting = Settings("student", PARAMETERS)
 
 _PASS_THROUGH = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity,
@@ -203,11 +204,11 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     """
     if ctx.student_factory is not None:
         return ctx.student_factory(plan, model)
-    widths = {name: float(plan.for_layer("student.width", name, 1.0))
+    widths = {name: float(setting(plan, "student.width", layer=name))
               for name, _ in weight_layers(model)}
-    widths["*"] = float(plan.get("student.width", 1.0))  # the global share, for any layer
-    dropped = int(plan.get("student.drop_layers", 0))
-    migrate = bool(plan.get("student.migrate", True))
+    widths["*"] = float(setting(plan, "student.width"))  # the global share, for any layer
+    dropped = int(setting(plan, "student.drop_layers"))
+    migrate = bool(setting(plan, "student.migrate"))
     if dropped == 0 and migrate and min(widths.values()) >= 1.0:
         return copy.deepcopy(model)  # nothing to cut
     if not isinstance(model, nn.Sequential):
@@ -216,7 +217,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
             "give the API a student_factory instead"
         )
     shallow = drop_layers(model, dropped)
-    crit = criterion(str(plan.get("student.criterion", "l2")))
+    crit = criterion(str(setting(plan, "student.criterion")))
     scores = None
     if migrate:
         grads = (accumulate_gradients(shallow, ctx.train_x, ctx.train_y, seed=plan.seed)

@@ -15,23 +15,24 @@
 Any model an :class:`Encoder` recognises works: our ViT (:mod:`autocompress.tasks.vit`) and
 Hugging Face BERT-style encoders (a module with ``.layer``, a ``ModuleList`` of blocks with
 ``.attention.self.query``), bare or inside a wrapper. The kept blocks' teacher indices go to
-``ctx.block_map`` for block-to-block distillation (:mod:`autocompress.techniques.distill`).
+``ctx.map_blocks`` for block-to-block distillation (:mod:`autocompress.techniques.training`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from autocompress.errors import TrialError
-from autocompress.params import Param
+from autocompress.params import Param, Settings
 from autocompress.plan import Plan
 from autocompress.techniques.common import Context
-from autocompress.techniques.importance import accumulate_gradients, criterion, task_loss
+from autocompress.techniques.encoder import Encoder
+from autocompress.techniques.importance import accumulate_gradients, criterion
+from autocompress.techniques.training import task_loss
 
 UNIT_CRITERIA = ("magnitude", "gradient", "taylor")
 
@@ -47,92 +48,7 @@ PARAMETERS = (
           values=UNIT_CRITERIA),
     Param("migrate", "bool", True, "keep the teacher's weights in the kept blocks"),
 )
-
-
-@dataclass
-class AttentionView:
-    """One block's attention: its projections, head count and where that count lives."""
-
-    module: nn.Module
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    out: nn.Linear
-    heads: int
-    head_dim: int
-
-
-class Encoder:
-    """Where a transformer keeps its blocks, heads and feed-forward layers."""
-
-    def __init__(self, holder: nn.Module, kind: str) -> None:
-        self.holder, self.kind = holder, kind
-
-    @classmethod
-    def find(cls, model: nn.Module) -> Encoder | None:
-        for module in model.modules():
-            blocks = getattr(module, "blocks", None)
-            if (isinstance(blocks, nn.ModuleList) and len(blocks)
-                    and hasattr(getattr(blocks[0], "attn", None), "query")):
-                return cls(module, "ours")
-            layers = getattr(module, "layer", None)
-            if (isinstance(layers, nn.ModuleList) and len(layers)
-                    and hasattr(getattr(layers[0], "attention", None), "self")):
-                return cls(module, "bert")
-        return None
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.holder.blocks if self.kind == "ours" else self.holder.layer
-
-    def keep_blocks(self, indices: Sequence[int], model: nn.Module, *,
-                    source: nn.ModuleList | None = None) -> None:
-        """Keep the blocks ``indices`` of ``source`` (the current blocks by default)."""
-        source = self.blocks if source is None else source
-        kept = nn.ModuleList(source[i] for i in indices)
-        if self.kind == "ours":
-            self.holder.blocks = kept
-            return
-        self.holder.layer = kept
-        config = getattr(model, "config", None) or getattr(self.holder, "config", None)
-        if config is not None:
-            config.num_hidden_layers = len(kept)
-
-    def attention(self, block: nn.Module) -> AttentionView:
-        if self.kind == "ours":
-            a = block.attn
-            return AttentionView(a, a.query, a.key, a.value, a.out, a.heads, a.head_dim)
-        s = block.attention.self
-        return AttentionView(s, s.query, s.key, s.value, block.attention.output.dense,
-                             s.num_attention_heads, s.attention_head_size)
-
-    def set_heads(self, view: AttentionView, heads: int) -> None:
-        if self.kind == "ours":
-            view.module.heads = heads
-        else:
-            view.module.num_attention_heads = heads
-            view.module.all_head_size = heads * view.head_dim
-
-    def keep_attention_maps(self, block: nn.Module, store: dict[int, torch.Tensor | None],
-                            index: int):
-        """A hook keeping ``block``'s attention probabilities (batch, heads, n, n) in
-        ``store[index]`` after each forward (None from a BERT without eager attention)."""
-        if self.kind == "ours":
-            block.attn.keep_probs = True
-            return block.attn.register_forward_hook(
-                lambda module, _i, _o: store.__setitem__(index, module.probs))
-        return block.attention.self.register_forward_hook(
-            lambda _m, _i, output: store.__setitem__(index, output[1]))
-
-    def forget_attention_maps(self) -> None:
-        if self.kind == "ours":
-            for block in self.blocks:
-                block.attn.keep_probs, block.attn.probs = False, None
-
-    def ffn(self, block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
-        if self.kind == "ours":
-            return block.ffn[0], block.ffn[2]
-        return block.intermediate.dense, block.output.dense
+setting = Settings("transformer", PARAMETERS)
 
 
 def _keep_rows(layer: nn.Linear, idx: torch.Tensor) -> None:
@@ -233,11 +149,10 @@ def _reinitialise(model: nn.Module) -> None:
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
-    section = plan.section("transformer")
-    blocks_kept = int(section.get("blocks", 0))
-    heads = float(section.get("heads", 1.0))
-    ffn = float(section.get("ffn", 1.0))
-    migrate = bool(section.get("migrate", True))
+    blocks_kept = int(setting(plan, "transformer.blocks"))
+    heads = float(setting(plan, "transformer.heads"))
+    ffn = float(setting(plan, "transformer.ffn"))
+    migrate = bool(setting(plan, "transformer.migrate"))
     if blocks_kept == 0 and heads >= 1.0 and ffn >= 1.0 and migrate:
         return model
     encoder = Encoder.find(model)
@@ -248,7 +163,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         model = copy.deepcopy(model)
         encoder = Encoder.find(model)
     n = len(encoder.blocks)
-    how = str(section.get("block_choice", "every_other"))
+    how = str(setting(plan, "transformer.block_choice"))
     importance = None
     if how == "top" and 0 < blocks_kept < n:
         calib = torch.randperm(len(ctx.train_y),
@@ -256,8 +171,8 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
         importance = block_importance(model, encoder, ctx.train_x[calib], ctx.train_y[calib])
     kept = choose_blocks(n, blocks_kept, how, importance)
     encoder.keep_blocks(kept, model)
-    ctx.block_map = tuple(kept)
-    name = str(section.get("criterion", "magnitude"))
+    ctx.map_blocks(kept)
+    name = str(setting(plan, "transformer.criterion"))
     grads: dict[int, torch.Tensor] = {}
     if criterion(name).needs_gradients and (heads < 1.0 or ffn < 1.0):
         by_name = accumulate_gradients(model, ctx.train_x, ctx.train_y, seed=plan.seed)
@@ -279,5 +194,5 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     if not migrate:
         torch.manual_seed(plan.seed)
         _reinitialise(model)
-    ctx.notes.update({"blocks_kept": float(len(kept)), "blocks_teacher": float(n)})
+    ctx.note({"blocks_kept": float(len(kept)), "blocks_teacher": float(n)})
     return model

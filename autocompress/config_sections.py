@@ -1,0 +1,139 @@
+"""Checks of single fields and sections of a study file, each raising the one-line ConfigError.
+
+Kept apart from :mod:`autocompress.config` (which assembles a whole study from them) so that
+module stays short; nothing here knows the study's dataclasses beyond the class it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from autocompress.budget import Budget
+from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
+from autocompress.units import parse_bytes, parse_ms
+
+CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda"),
+           "scheduler": ("asha", "fifo")}
+OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
+              "peak_memory_bytes": "min"}
+
+
+def integer(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ConfigError(where, name, value, bound)
+    return value
+
+
+def positive_float(where: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(where, name, value, "a positive number")
+    return float(value)
+
+
+def share(where: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(where, name, value, "a share in (0, 1), e.g. 0.3")
+    return float(value)
+
+
+def predictor_switch(where: str, value: object) -> bool:
+    """``predictor: on`` / ``off`` (YAML reads both as booleans) or true / false."""
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ConfigError(where, "predictor", value, "on or off")
+
+
+def section(where: str, name: str, data: object, cls: type) -> object:
+    """Build a small config dataclass from a mapping, checking keys and types."""
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, name, data, "a mapping")
+    defaults = cls()
+    values = {}
+    for key, value in data.items():
+        if not hasattr(defaults, str(key)):
+            allowed = [f"{name}.{k}" for k in defaults.__dataclass_fields__]
+            raise unknown_key_error(where, f"{name}.{key}", allowed)
+        default = getattr(defaults, key)
+        full = f"{name}.{key}"
+        if isinstance(default, int):
+            values[key] = integer(where, full, value, 0 if key == "gpus_per_trial" else 1)
+        elif isinstance(default, float):
+            values[key] = positive_float(where, full, value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(where, full, value, "a string")
+        elif key in CHOICES:
+            if value not in CHOICES[key]:
+                hint = did_you_mean(str(value), CHOICES[key])
+                raise ConfigError(where, full, value, f"one of {', '.join(CHOICES[key])}{hint}")
+            values[key] = value
+        else:
+            values[key] = value
+    return cls(**values)
+
+
+def objectives(where: str, data: object) -> dict[str, str]:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(where, "objectives", data, "a mapping such as {accuracy: max, ...}")
+    result = {}
+    for name, direction in data.items():
+        if name not in OBJECTIVES:
+            allowed = [f"objectives.{o}" for o in OBJECTIVES]
+            raise unknown_key_error(where, f"objectives.{name}", allowed)
+        if direction != OBJECTIVES[name]:
+            raise ConfigError(where, f"objectives.{name}", direction, OBJECTIVES[name])
+        result[name] = direction
+    if not 2 <= len(result) <= 3:
+        raise ConfigError(where, "objectives", list(result), "two or three objectives")
+    return result
+
+
+def budget(where: str, data: object) -> Budget:
+    """Parse ``budget:``; sizes and times may carry units (``100kB``, ``2ms``)."""
+    if data is None:
+        return Budget()
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "budget", data, "a mapping of limits")
+    allowed = list(Budget.__dataclass_fields__)
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"budget.{key}"
+        if key not in allowed:
+            raise unknown_key_error(where, name, [f"budget.{k}" for k in allowed])
+        try:
+            if key == "max_latency_ms":
+                values[key] = parse_ms(value)
+            elif key in ("max_memory_bytes", "max_peak_memory_bytes"):
+                values[key] = parse_bytes(value)
+            elif key in ("min_accuracy", "max_accuracy_drop"):
+                values[key] = float(_number(value))
+            elif key in ("batch_size", "threads"):
+                values[key] = integer(where, name, value, 1)
+            else:
+                values[key] = value
+        except ValueError as exc:
+            raise ConfigError(where, name, value, str(exc).removeprefix("expected ")) from None
+        bad_positive = key.startswith("max_") and values[key] <= 0
+        if bad_positive:
+            raise ConfigError(where, name, value, "a positive limit")
+    if "min_accuracy" in values and not 0 < values["min_accuracy"] <= 1:
+        raise ConfigError(where, "budget.min_accuracy", data["min_accuracy"],
+                          "a share in (0, 1], e.g. 0.95 for 95%")
+    if values.get("max_accuracy_drop", 0) < 0:
+        raise ConfigError(where, "budget.max_accuracy_drop", data["max_accuracy_drop"],
+                          "points >= 0 below the teacher, e.g. 1.0")
+    device = values.get("device", "cpu")
+    if device not in CHOICES["device"]:
+        raise ConfigError(where, "budget.device", device, "cpu or cuda")
+    return Budget(**values)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number")
+    return float(value)
