@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.budget import Budget
 from autocompress.config import resolve_space, study_from_dict
+from autocompress.errors import ConfigError
 from autocompress.space import SearchSpace
 from autocompress.study import StudyOutcome, run_study
 from autocompress.tasks import Task
@@ -32,37 +34,57 @@ def search(
     seed: int = 0,
     sampler: str = "nsga2",
     objectives: Mapping[str, str] | None = None,
-    batch_size: int = 1,
-    threads: int = 1,
-    runtime: str = "onnxruntime",
-    finetune_epochs: int = 3,
+    budget: Mapping[str, Any] | Budget | None = None,
+    finetune: Mapping[str, Any] | None = None,
+    measure: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    runtime: str | None = None,
+    finetune_epochs: int | None = None,
     student_factory: Callable[[Any, nn.Module], nn.Module] | None = None,
-    trial_timeout: float | None = None,
-    jobs: int = 1,
-    storage: str | None = None,
     progress: Progress = print,
+    **study: Any,
 ) -> StudyOutcome:
     """Search compressed versions of your own trained ``teacher``; the study-file path in Python.
 
-    ``train``/``val``/``test``: ``(x, y)`` tensor pairs or DataLoaders of ``(x, y)`` batches.
+    ``train``/``val``/``test``: ``(x, y)`` tensors or numpy arrays, dicts of columns, torch
+    Datasets, lists of samples, or DataLoaders of ``(x, y)`` or Hugging Face dict batches
+    (``input_ids``/``attention_mask``/``labels``, ``pixel_values``; see
+    :mod:`autocompress.tasks.inputs`). A teacher returning a structured output (``.logits``)
+    works as it is.
     ``metric(model, split)`` is maximised (default: accuracy); ``split.x``/``split.y`` are tensors.
     ``space``: a shipped space name, a YAML path, a mapping as in the YAML, or a SearchSpace.
-    ``student_factory(plan, teacher)``: builds the student when the teacher is not a flat
-    ``nn.Sequential`` (see :mod:`autocompress.techniques.student`). ``trial_timeout`` (seconds),
-    ``jobs`` (worker processes; the metric and factory must then be module-level functions)
-    and ``storage`` (a SQLAlchemy URL) are as in a study file.
+
+    Everything a study file holds is a keyword here, checked by the same code:
+    ``budget={"max_latency_ms": 2, "max_memory_bytes": "100kB", "max_accuracy_drop": 1}``,
+    ``finetune={"epochs": 3, "lr": 1e-4, "batch_size": 32, ...}``,
+    ``measure={"runtime": "onnxruntime", "batch_size": 1, "threads": 1, "device": "cpu"}``, and,
+    through ``**study``, ``pruner``, ``backend``, ``ray``, ``storage``, ``jobs``,
+    ``trial_timeout``, ``predictor``, ``keep_models`` ... (an unknown keyword is refused, naming
+    the allowed ones). ``batch_size``, ``threads``, ``runtime`` and ``finetune_epochs`` are
+    shortcuts into ``measure`` and ``finetune``. ``student_factory(plan, teacher)`` builds the
+    student when the teacher cannot be traced. With ``jobs`` > 1 the metric and factory must be
+    module-level functions.
+
+    >>> outcome = autocompress.search(model, train=(x, y), val=(xv, yv),  # doctest: +SKIP
+    ...                               budget={"max_accuracy_drop": 1}, trials=30)
+    >>> best = outcome.front.members[0].number                           # doctest: +SKIP
+    >>> outcome.export(best, format="onnx", path="exported/")           # doctest: +SKIP
     """
-    fields: dict[str, Any] = {
-        "name": name, "trials": trials, "seed": seed, "sampler": sampler,
-        "measure": {"batch_size": batch_size, "threads": threads, "runtime": runtime},
-        "finetune": {"epochs": finetune_epochs}, "jobs": jobs,
-    }
-    if trial_timeout is not None:
-        fields["trial_timeout"] = trial_timeout
-    if storage is not None:
-        fields["storage"] = storage
+    if "task" in study:
+        raise ConfigError("search()", "task", study["task"],
+                          "no task keyword: the teacher and data are search()'s arguments")
+    fields: dict[str, Any] = {"name": name, "trials": trials, "seed": seed, "sampler": sampler,
+                              **study}
     if objectives is not None:
         fields["objectives"] = dict(objectives)
+    if budget is not None:
+        fields["budget"] = budget.to_dict() if isinstance(budget, Budget) else dict(budget)
+    fields["measure"] = _with_shortcuts(
+        "measure", measure, {"batch_size": batch_size, "threads": threads, "runtime": runtime},
+        defaults={"batch_size": 1, "threads": 1, "runtime": "onnxruntime"})
+    fields["finetune"] = _with_shortcuts("finetune", finetune, {"epochs": finetune_epochs},
+                                         defaults={"epochs": 3})
     config = study_from_dict(fields, where="search()")
     if isinstance(space, Mapping):
         space = SearchSpace.from_dict(space, where="search(space=...)")
@@ -74,3 +96,20 @@ def search(
         task_kwargs["metric"] = metric
     task = Task(name, teacher.eval(), train, val, **task_kwargs)
     return run_study(config, task=task, space=space, out_dir=out_dir, progress=progress)
+
+
+def _with_shortcuts(section: str, given: Mapping[str, Any] | None,
+                    shortcuts: Mapping[str, Any], *, defaults: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+    """A section from its mapping and its shortcut keywords; the two may not disagree. The API's
+    own defaults (batch 1, 1 thread, onnxruntime, 3 epochs) fill what neither gives."""
+    merged = {**defaults, **dict(given or {})}
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if given is not None and key in given and given[key] != value:
+            raise ConfigError("search()", f"{section}.{key}", value,
+                              f"one value: {section}={{{key!r}: {given[key]!r}}} and "
+                              f"{key}={value!r} disagree")
+        merged[key] = value
+    return merged

@@ -140,18 +140,7 @@ def _search(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)
     results = outcome.results
-    interrupted = sum(r.state == "failed" and r.reason.startswith("interrupted") for r in results)
-    failed = sum(r.state == "failed" for r in results) - interrupted
-    structure = sum(r.stopped_at == "structure" for r in results)
-    skipped = sum(r.stopped_at.startswith("skipped") for r in results)
-    early = sum(r.state == "pruned" for r in results) - skipped
-    infeasible = sum(r.state == "complete" and not r.feasible for r in results)
-    print(f"\n{len(results)} trials ({infeasible} infeasible, {structure} of them stopped at "
-          f"structure without training; {early} stopped early; "
-          + (f"{skipped} not trained, called hopeless by the predictor; " if skipped else "")
-          + f"{failed} failed"
-          + (f"; {interrupted} interrupted by a stopped search, then retried" if interrupted
-             else "") + "), "
+    print(f"\n{autocompress.TrialCounts.of(results).summary()}, "
           f"{time.perf_counter() - started:.0f} s this run.")
     _print_predictor(outcome.out_dir / "study.json")
     if outcome.front.members:

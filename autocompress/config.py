@@ -36,6 +36,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("nsga2", "tpe", "random", "qmc", "auto")
 PRUNERS = ("none", "median", "hyperband")
 BACKENDS = ("optuna", "ray")
+KEEP_MODELS = ("front", "all", "none")
+KEEP_LAST = 10  # with keep_models: front, the weights of the last trials are kept too
 DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
 
 
@@ -101,6 +103,7 @@ class StudyConfig:
     predictor: bool = True       # skip training Plans a learned model confidently calls hopeless
     predictor_warmup: int = 30   # finished trials before the predictor starts judging
     predictor_max_skip: float = 0.3  # at most this share of trials is skipped
+    keep_models: str = "front"   # trial weights kept: front (+ the last KEEP_LAST), all, none
     source: str = "<dict>"
     origins: Mapping[str, str] = field(default_factory=dict)  # field -> where an override came from
 
@@ -268,6 +271,10 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
         raise ConfigError(where, "storage", storage,
                           "a SQLAlchemy URL such as sqlite:///studies/x.db or "
                           "postgresql://user@host:5432/db")
+    keep_models = data.get("keep_models", "front")
+    if keep_models not in KEEP_MODELS:
+        raise ConfigError(where, "keep_models", keep_models,
+                          "front (the front's weights and the last few trials'), all or none")
     return StudyConfig(
         name=name,
         task=_task(where, data.get("task")),
@@ -290,6 +297,7 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
                                        data.get("predictor_warmup", 30), 5),
         predictor_max_skip=check.share(where, "predictor_max_skip",
                                        data.get("predictor_max_skip", 0.3)),
+        keep_models=keep_models,
         source=where,
     )
 

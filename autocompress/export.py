@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress import packing
+from autocompress import fingerprint, packing
 from autocompress.backends.record import load_results
 from autocompress.backends.storage import load_recorded_study
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
@@ -33,6 +33,7 @@ from autocompress.files import write_atomic
 from autocompress.measure import pack_model
 from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
 from autocompress.plan import Plan
+from autocompress.tasks import Task
 from autocompress.tasks.teacher import builtin_task
 from autocompress.techniques.common import bake
 from autocompress.trial import build_compressed, final_form, make_context, measure_model
@@ -96,11 +97,15 @@ def describe_layers(model: nn.Module) -> list[dict[str, Any]]:
     return layers
 
 
-def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict]:
-    """(model with the trial's weights, task, recorded metrics, study record)."""
+def rebuild(folder: Path, trial_number: int, task: Task | None = None
+            ) -> tuple[nn.Module, Task, dict, dict]:
+    """(model with the trial's weights, task, recorded metrics, study record). A study run
+    through the Python API needs its ``task`` (same teacher and data: checked)."""
     record = json.loads((folder / "study.json").read_text())
-    if not record.get("task"):
-        raise ExportError("this study's teacher came through the Python API: export it there")
+    if not record.get("task") and task is None:
+        raise ExportError("this study's teacher came through the Python API: export it there "
+                          "(outcome.export(...), or autocompress.export_trial(folder, trial, "
+                          "task=autocompress.Task(...)) with the same teacher and data)")
     study = load_recorded_study(folder, record)
     results = {r.number: r for r in load_results(study)}
     if trial_number not in results:
@@ -108,14 +113,21 @@ def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict
                           f"a trial number of this study (0..{len(study.trials) - 1})")
     result = results[trial_number]
     weights = folder / "models" / f"trial_{trial_number}.acpk"
-    if not result.ok or not weights.is_file():
+    if not result.ok:
         raise ConfigError(str(folder), "--trial", trial_number,
                           "a trial that finished training (see trials.csv: state complete, "
                           "not stopped)")
-    config = study_from_dict({"name": record["name"], "task": record["task"],
-                              "finetune": record.get("finetune"),
-                              "measure": record.get("measure")}, where=str(folder))
-    task = builtin_task(config, folder)
+    if not weights.is_file():
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          "a trial whose weights were kept (keep_models: front keeps the "
+                          "front's and the last trials'; all keeps every trial's)")
+    if task is None:
+        config = study_from_dict({"name": record["name"], "task": record["task"],
+                                  "finetune": record.get("finetune"),
+                                  "measure": record.get("measure")}, where=str(folder))
+        task = builtin_task(config, folder)
+    else:
+        _check_same_task(study, task)
     plan = result.plan
     ctx = make_context(task, None, FinetuneConfig(**record.get("finetune", {})))
     model = final_form(build_compressed(plan, ctx), ctx)
@@ -125,12 +137,14 @@ def rebuild(folder: Path, trial_number: int) -> tuple[nn.Module, Any, dict, dict
 
 
 def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
-                 out: str | Path) -> dict[str, Any]:
-    """Rebuild, re-verify and write trial ``trial`` of the study in ``folder``; the side-card."""
+                 out: str | Path, task: Task | None = None) -> dict[str, Any]:
+    """Rebuild, re-verify and write trial ``trial`` of the study in ``folder``; the side-card.
+
+    ``task``: for a study run through the Python API, the same teacher and data as then."""
     if fmt not in FORMATS:
         raise ConfigError("command line", "--format", fmt, "one of " + ", ".join(FORMATS))
     folder, out = Path(folder), Path(out)
-    model, task, recorded, record = rebuild(folder, trial)
+    model, task, recorded, record = rebuild(folder, trial, task)
     measure = MeasureConfig(**record.get("measure", {}))
     metrics, measurement = measure_model(model, task, measure)
     for name in ("accuracy", "test_accuracy"):
@@ -164,7 +178,10 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         if int8_ready(model):
             onnx_model = quantize_int8(onnx_model, model, task.train.x[:256])
         card["load"] = ("import onnxruntime as ort; session = ort.InferenceSession('model.onnx'); "
-                        "logits = session.run(None, {'input': x})[0]  # x: float32 numpy")
+                        "logits = session.run(None, {'input': x})[0]  "
+                        + ("# x: int64 numpy, " + ", ".join(task.input_keys)
+                           + " stacked on axis 1" if task.input_keys
+                           else "# x: float32 numpy"))
         card["onnx_int8"] = int8_ready(model)
         _check_onnx(onnx_model, model, task.val.x[:256], card["onnx_int8"])  # before writing
         write_atomic(out / "model.onnx", onnx_model)
@@ -176,6 +193,16 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         card["load"] = "from load_model import load_model; model = load_model()"
     write_atomic(out / "model.json", json.dumps(card, indent=2, default=str))
     return card
+
+
+def _check_same_task(study: Any, task: Task) -> None:
+    """The task given for an API study must be the one its trials ran with."""
+    stored = study.user_attrs.get("settings", {})
+    given = {"teacher": fingerprint.of_model(task.teacher)}
+    for key, value in given.items():
+        if key in stored and stored[key] != value:
+            raise ConfigError("export", key, value,
+                              f"the {key} the study ran with (fingerprint {stored[key]})")
 
 
 def _plan_of(folder: Path, record: dict, trial: int) -> dict:

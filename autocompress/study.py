@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from autocompress import predictors
+from autocompress import fingerprint, predictors, preflight
 from autocompress.backends import record
 from autocompress.backends.job import SearchJob, TrialSettings, backend
 from autocompress.backends.optuna_backend import check_settings, open_study, resume
 from autocompress.backends.parallel import check_picklable
 from autocompress.backends.storage import default_url, display, open_storage
-from autocompress.config import StudyConfig, resolve_space
+from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import write_atomic
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
@@ -50,6 +50,16 @@ class StudyOutcome:
     results: list[TrialResult]
     front: ParetoFront
     space: SearchSpace
+    task: Task | None = None  # the user's task (API studies): what export rebuilds from
+
+    def export(self, trial: int, *, format: str = "torchscript",
+               path: str | Path) -> dict[str, Any]:
+        """Rebuild trial ``trial``, re-verify it and write it to ``path`` in ``format``
+        (``torchscript``, ``onnx`` or ``state_dict``), as ``autocompress export`` does; returns
+        the side-card (``model.json``)."""
+        from autocompress.export import export_trial
+
+        return export_trial(self.out_dir, trial, fmt=format, out=path, task=self.task)
 
     def front_table(self) -> str:
         """The front as text beside the teacher, or, with no feasible trial, the closest misses."""
@@ -98,12 +108,19 @@ def run_study(
                           str(out), "a folder (this is a file)")
     if task is not None:
         task.check_forward(where=config.source)
+        for note in task.notes:
+            progress(f"data: {note}")
     if config.jobs > 1 and task is not None:
         check_picklable(task, where=config.source)
     builtin = task is None
     settings = {"task": dataclasses.asdict(config.task) if builtin else task.name,
                 "budget": config.budget.to_dict(), "measure": dataclasses.asdict(config.measure),
                 "finetune": dataclasses.asdict(config.finetune)}
+    if task is not None:  # a built-in task is named by its recipe; a user's by its contents
+        settings["teacher"] = fingerprint.of_model(task.teacher)
+        settings["data"] = fingerprint.of_tensors(
+            task.train.x, task.train.y, task.val.x, task.val.y,
+            *((task.test.x, task.test.y) if task.test is not None else ()))
     storage_where = config.origins.get("storage", config.source)
     storage_field = "--storage" if storage_where == "command line" else "storage"
     url = config.storage or default_url(out)
@@ -116,6 +133,7 @@ def run_study(
     if task is None:
         task = builtin_task(config, out, progress)
     space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
+    space = preflight.check_space(space, task, config.finetune, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or open_storage(url, where=storage_where, field=storage_field)
     study = open_study(  # refuses a stored study of this name with other settings
@@ -189,7 +207,24 @@ def _finish(job: SearchJob, study: Any, builtin: bool) -> StudyOutcome:
         "predictor": summary,
     }, indent=2))
     write_report(out)
-    return StudyOutcome(config, out, teacher_metrics, results, front, job.space)
+    keep_models(out, results, front, config.keep_models)
+    return StudyOutcome(config, out, teacher_metrics, results, front, job.space,
+                        task=None if builtin else job.task)
+
+
+def keep_models(out: Path, results: list[TrialResult], front: ParetoFront, policy: str) -> None:
+    """Delete the kept weights ``keep_models`` does not keep, so disk use stays bounded: with
+    ``front``, the front's members and the last :data:`KEEP_LAST` trials stay."""
+    folder = out / "models"
+    if policy == "all" or not folder.is_dir():
+        return
+    numbers = sorted(r.number for r in results if r.number is not None)
+    wanted = ({m.number for m in front.members} | set(numbers[-KEEP_LAST:])
+              if policy == "front" else set())
+    for path in folder.glob("trial_*.acpk"):
+        if path.stem.removeprefix("trial_").isdigit() and \
+                int(path.stem.removeprefix("trial_")) not in wanted:
+            path.unlink(missing_ok=True)
 
 
 def measure_teacher(task: Task, config: StudyConfig, out: Path, *, need_peak: bool = False

@@ -63,7 +63,7 @@ EVERY_FIELD = {  # a value other than the default for every field of a study fil
     "measure": {"batch_size": 8, "warmup": 2, "repeats": 9, "runtime": "torch"},
     "finetune": {"epochs": 2, "lr": 0.01, "batch_size": 64}, "trials": 7, "sampler": "tpe",
     "seed": 3, "trial_timeout": "90s", "storage": "sqlite:///x.db", "jobs": 2,
-    "predictor": "off", "predictor_warmup": 6, "predictor_max_skip": 0.4,
+    "predictor": "off", "predictor_warmup": 6, "predictor_max_skip": 0.4, "keep_models": "all",
 }
 
 

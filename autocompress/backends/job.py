@@ -75,8 +75,8 @@ class SearchJob:
 
     def keep_model(self, result: TrialResult) -> None:
         """Keep a finished model's packed weights in ``models/trial_<N>.acpk`` (what
-        ``autocompress export`` loads)."""
-        if result.packed is not None:
+        ``autocompress export`` loads; ``keep_models: none`` keeps none)."""
+        if result.packed is not None and self.config.keep_models != "none":
             write_atomic(self.out / "models" / f"trial_{result.number}.acpk", result.packed)
 
     def finished(self, result: TrialResult, count: int, label: str = "") -> None:

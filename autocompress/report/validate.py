@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from autocompress.budget import Budget, feasible, format_violations
 from autocompress.config import StudyConfig, resolve_space
 from autocompress.errors import ConfigError
 from autocompress.measure.peak import available_memory_bytes
-from autocompress.plan import Plan
+from autocompress.preflight import extreme_plan
 from autocompress.report.tables import describe_metrics
 from autocompress.space import SearchSpace
 from autocompress.tasks.teacher import builtin_task
@@ -25,10 +24,6 @@ from autocompress.trial import (
     measure_structure,
 )
 from autocompress.units import format_bytes
-
-# For each parameter, the end of its domain that compresses most (others take their first value).
-_EXTREME = {"student.width": "low", "student.drop_layers": "high", "prune.ratio": "high",
-            "quantize.bits": "low", "prune.kind": "structured"}
 
 
 def space_size(space: SearchSpace) -> str:
@@ -43,23 +38,6 @@ def space_size(space: SearchSpace) -> str:
             discrete *= len(dim.values)
     text = f"{discrete:,} discrete combinations"
     return text + (f" x {continuous} continuous dimension(s)" if continuous else "")
-
-
-def most_compressed_plan(space: SearchSpace) -> Plan:
-    """The plan at the compressing end of every dimension: the smallest model the space holds."""
-    choices: dict[str, Any] = {}
-    for name, dim in space.dimensions.items():
-        base = name if name.count(".") == 1 else name.rsplit(".", 1)[0]
-        want = _EXTREME.get(base)
-        if dim.kind == "fixed":
-            choices[name] = dim.values[0]
-        elif dim.kind in ("float", "int"):
-            choices[name] = dim.high if want == "high" else dim.low
-        elif want in ("low", "high"):
-            choices[name] = dim.values[-1] if want == "high" else dim.values[0]
-        else:
-            choices[name] = want if want in dim.values else dim.values[0]
-    return Plan(choices)
 
 
 def budget_verdict(name: str, metrics: dict[str, float], constraints: dict[str, float]) -> str:
@@ -124,7 +102,7 @@ def validate_study(
                                "; ".join(budget.describe(teacher["accuracy"]))))
     lines.append(budget_verdict("teacher", teacher,
                                 budget.constraints(teacher, teacher["accuracy"])))
-    plan = most_compressed_plan(space)
+    plan = extreme_plan(space, most=True)
     ctx = make_context(task, None, config.finetune)
     smallest, _ = measure_structure(final_form(build_compressed(plan, ctx), ctx), task, m,
                                     Budget(), need_peak=need_peak)

@@ -19,7 +19,9 @@ TEST_FRACTION = 0.15
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs and integer labels of one split, kept in memory (the data sets are small)."""
+    """Inputs and labels of one split, in memory: ``y`` holds int64 class ids, or float targets
+    shaped like the model's outputs (a teacher's embeddings). Built from users' forms by
+    :mod:`autocompress.tasks.inputs`."""
 
     x: torch.Tensor
     y: torch.Tensor
