@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autocompress import config_sections as check
 from autocompress.budget import Budget
+from autocompress.config_sections import FinetuneConfig
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
 from autocompress.files import read_yaml
 from autocompress.tasks import DATASETS, TEACHERS
@@ -59,13 +60,6 @@ class MeasureConfig:
     repeats: int = 50
     runtime: str = "onnxruntime"
     device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -285,7 +279,7 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
         backend=backend,
         ray=ray_config,
         measure=measure,
-        finetune=check.section(where, "finetune", data.get("finetune"), FinetuneConfig),
+        finetune=check.finetune(where, data.get("finetune")),
         trials=check.integer(where, "trials", data.get("trials", 20), 1),
         sampler=sampler,
         seed=seed,

@@ -6,7 +6,9 @@ module stays short; nothing here knows the study's dataclasses beyond the class 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from autocompress.budget import Budget
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
@@ -16,6 +18,78 @@ CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda"),
            "scheduler": ("asha", "fifo")}
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
               "peak_memory_bytes": "min"}
+
+
+FINETUNE_CHOICES = {"optimizer": ("auto", "adam", "adamw", "sgd"),
+                    "schedule": ("auto", "constant", "cosine", "linear")}
+FINETUNE_RANGES = {  # field: (low, high, low included, high included, what it is)
+    "lr": (0.0, math.inf, False, False, "a positive finite rate, e.g. 0.0001"),
+    "warmup": (0.0, 1.0, True, False, "a share of the steps in [0, 1), e.g. 0.1"),
+    "weight_decay": (0.0, 1.0, True, True, "a decay in [0, 1], e.g. 0.01"),
+}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How every trial fine-tunes. ``auto`` is resolved per teacher by
+    :func:`autocompress.techniques.training.recipe_for` (for our small teachers: Adam at 1e-3,
+    constant, as always; for pretrained ones: AdamW at a rate scaled to the size, 10% warm-up,
+    linear decay) and the values used are recorded with each trial (``finetune_lr``, ...)."""
+
+    epochs: int = 3
+    lr: float | str = "auto"
+    batch_size: int = 128
+    optimizer: str = "auto"      # adam | adamw | sgd (momentum 0.9)
+    schedule: str = "auto"       # constant | cosine | linear (decay to 0 after the warm-up)
+    warmup: float | str = "auto"  # share of the steps over which the rate ramps up
+    weight_decay: float | str = "auto"
+
+
+def finetune(where: str, data: object) -> FinetuneConfig:
+    """Parse ``finetune:``; each field is checked on its own, ``auto`` where it may be."""
+    if data is None:
+        return FinetuneConfig()
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "finetune", data, "a mapping")
+    allowed = list(FinetuneConfig.__dataclass_fields__)
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"finetune.{key}"
+        if key not in allowed:
+            raise unknown_key_error(where, name, [f"finetune.{k}" for k in allowed])
+        if key in ("epochs", "batch_size"):
+            values[key] = integer(where, name, value, 1)
+        elif key in FINETUNE_CHOICES:
+            if value not in FINETUNE_CHOICES[key]:
+                hint = did_you_mean(str(value), FINETUNE_CHOICES[key])
+                raise ConfigError(where, name, value,
+                                  f"one of {', '.join(FINETUNE_CHOICES[key])}{hint}")
+            values[key] = value
+        else:
+            values[key] = value if value == "auto" else _bounded(where, name, value,
+                                                                 FINETUNE_RANGES[key])
+    return FinetuneConfig(**values)
+
+
+def _bounded(where: str, name: str, value: object, bounds: tuple) -> float:
+    low, high, with_low, with_high, what = bounds
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not math.isfinite(value) or not (
+            (low <= value if with_low else low < value)
+            and (value <= high if with_high else value < high)):
+        raise ConfigError(where, name, value, f"auto or {what}{_as_text(value)}")
+    return float(value)
+
+
+def _as_text(value: object) -> str:
+    """A hint for a number YAML read as text (``1e-4``: YAML 1.1 wants ``1.0e-4``)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (YAML reads {value} as text: write it with a dot, 1.0e-4)"
 
 
 def integer(where: str, name: str, value: object, low: int, high: int | None = None) -> int:

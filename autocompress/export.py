@@ -175,14 +175,19 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
         card["load"] = "import torch; model = torch.jit.load('model.pt')"
     elif fmt == "onnx":
         onnx_model = export_onnx(model, example)
-        if int8_ready(model):
-            onnx_model = quantize_int8(onnx_model, model, task.train.x[:256])
+        card["onnx_int8"] = False
+        if int8_ready(model):  # int8 kernels where they agree with the model, else float
+            int8_model = quantize_int8(onnx_model, model, task.train.x[:256])
+            try:
+                _check_onnx(int8_model, model, task.val.x[:256], True)
+                onnx_model, card["onnx_int8"] = int8_model, True
+            except ExportError as exc:
+                card["onnx_int8_refused"] = str(exc).split(";")[0] + " in int8: written float"
         card["load"] = ("import onnxruntime as ort; session = ort.InferenceSession('model.onnx'); "
                         "logits = session.run(None, {'input': x})[0]  "
                         + ("# x: int64 numpy, " + ", ".join(task.input_keys)
                            + " stacked on axis 1" if task.input_keys
                            else "# x: float32 numpy"))
-        card["onnx_int8"] = int8_ready(model)
         _check_onnx(onnx_model, model, task.val.x[:256], card["onnx_int8"])  # before writing
         write_atomic(out / "model.onnx", onnx_model)
     else:

@@ -12,7 +12,13 @@ Per tensor the encoder picks the smallest of three layouts for the non-zeros:
 
 Values are float32 (``bits=32``), float16 (``bits=16``) or per-output-channel integer codes of
 ``bits`` bits (2..8): symmetric (one float32 scale per channel) or asymmetric (a scale and an
-8-bit zero point per channel). Zero is exact in both, so pruned weights cost nothing.
+8-bit zero point per channel). Zero is exact in both, so pruned weights cost nothing. The
+channels of an embedding table are its rows: one scale per token.
+
+Tied weights (a language model's output layer sharing its token-embedding matrix) are stored
+once: a tensor whose storage an earlier tensor already holds (same data pointer, shape, strides
+and dtype) is written as an alias naming that tensor, a few bytes, and unpacks to the very same
+tensor object, so loading it keeps the tie.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import numpy as np
 import torch
 
 MAGIC = b"ACPK"
-VERSION = 1
+VERSION = 2  # 2 added aliases (tied weights); version 1 files read as before
+READABLE = (1, 2)
+ALIAS = 255  # the bit width field of an alias record
 DENSE, BITMAP, RELATIVE = 0, 1, 2
 FLOAT_BITS = (16, 32)
 INT_BITS = range(2, 9)
@@ -34,6 +42,9 @@ MAX_GAP_BITS = 16
 # read by measure.memory): the one link between compressing a layer and measuring it.
 BITS_ATTRIBUTE = "weight_bits"
 SCHEME_ATTRIBUTE = "weight_scheme"  # "symmetric" or "asymmetric", beside the bits
+# On a layer whose weight is tied to an earlier layer's (the state-dict name of that weight):
+# equal tensors stored once even where baking gave each layer its own copy.
+TIED_ATTRIBUTE = "weight_tied_to"
 
 
 def pack_uint(codes: np.ndarray, bits: int) -> bytes:
@@ -232,6 +243,34 @@ def _width(name: str, tensor: torch.Tensor, bits: Mapping[str, int]) -> int:
     return width
 
 
+def _storage(tensor: torch.Tensor) -> tuple | None:
+    """What makes two state-dict entries one tensor: the same memory, viewed the same way."""
+    if tensor.numel() == 0:
+        return None
+    return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()),
+            tensor.dtype)
+
+
+def aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{name: earlier name}`` for each entry that shares its storage with an earlier one."""
+    first: dict[tuple, str] = {}
+    found = {}
+    for name, tensor in state_dict.items():
+        key = _storage(tensor)
+        if key is not None and key in first:
+            found[name] = first[key]
+        elif key is not None:
+            first[key] = name
+    return found
+
+
+def _alias_record(name: str, tensor: torch.Tensor, target: str) -> bytes:
+    """A header with width ``ALIAS``, no scales, no index, and the target's name as payload."""
+    dtype, target_b = str(tensor.dtype).replace("torch.", ""), target.encode()
+    head = _pack_header(name, dtype, tuple(tensor.shape), ALIAS, 0, _Layout(DENSE, 0, 0, 0))
+    return head + struct.pack("<III", 0, 0, len(target_b)) + target_b
+
+
 def packed_size(
     state_dict: Mapping[str, torch.Tensor],
     bits: Mapping[str, int] | None = None,
@@ -241,7 +280,11 @@ def packed_size(
     faster: the structure stage of every trial sizes its model this way)."""
     bits = dict(bits or {})
     total = len(MAGIC) + struct.calcsize("<BI")
+    tied = aliases(state_dict)
     for name, tensor in state_dict.items():
+        if name in tied:
+            total += len(_alias_record(name, tensor, tied[name]))
+            continue
         tensor = tensor.detach().cpu()
         dtype = str(tensor.dtype).replace("torch.", "")
         total += (struct.calcsize("<H") + len(name.encode()) + 1 + len(dtype.encode()) + 1
@@ -280,7 +323,11 @@ def pack_state_dict(
     if unknown:
         raise KeyError(f"bit widths given for tensors not in the state dict: {sorted(unknown)}")
     chunks = [MAGIC, struct.pack("<BI", VERSION, len(state_dict))]
+    tied = aliases(state_dict)
     for name, tensor in state_dict.items():
+        if name in tied:
+            chunks.append(_alias_record(name, tensor, tied[name]))
+            continue
         tensor = tensor.detach().cpu()
         shape = tuple(tensor.shape)
         dtype = str(tensor.dtype).replace("torch.", "")
@@ -301,12 +348,14 @@ def pack_state_dict(
 
 
 def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
-    """Decode :func:`pack_state_dict`'s bytes back into tensors."""
+    """Decode :func:`pack_state_dict`'s bytes back into tensors (an alias is the tensor it
+    names, the same object)."""
     if blob[:4] != MAGIC:
         raise ValueError("not an autocompress packed model (bad magic bytes)")
     version, count = struct.unpack_from("<BI", blob, 4)
-    if version != VERSION:
-        raise ValueError(f"packed model version {version}, this autocompress reads {VERSION}")
+    if version not in READABLE:
+        raise ValueError(f"packed model version {version}, this autocompress reads "
+                         f"{', '.join(map(str, READABLE))}")
     at = 9
     out: dict[str, torch.Tensor] = {}
 
@@ -329,6 +378,9 @@ def unpack_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
         shape = take(f"<{ndim}I")
         bits, flags, kind, gap_bits, entries = take("<BBBBI")
         scales, index, payload = (take_bytes(take("<I")[0]) for _ in range(3))
+        if bits == ALIAS:
+            out[name] = out[payload.decode()]  # the same tensor: a tie stays a tie
+            continue
         if bits == 0:
             np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
             array = np.frombuffer(payload, dtype=np_dtype).reshape(shape).copy()

@@ -62,16 +62,22 @@ def extreme_plan(space: SearchSpace, *, most: bool) -> Plan:
 
 def probes(space: SearchSpace) -> Iterator[tuple[str | None, Plan]]:
     """(the dimension a probe tests, or None for an extreme plan, the plan)."""
-    yield None, extreme_plan(space, most=False)
     gentle = extreme_plan(space, most=False).choices
+    most = extreme_plan(space, most=True).choices
+    yield None, Plan(gentle)
     for name, dim in space.searched.items():
-        if name.split(".")[0] not in STRUCTURAL_SECTIONS:
+        section = name.split(".")[0]
+        if section not in STRUCTURAL_SECTIONS:
             continue
+        # a choice is tried with its technique switched on: the section's ranges at their
+        # compressing end (prune.kind means nothing at prune.ratio 0)
+        on = {n: most[n] for n, d in space.searched.items()
+              if n.split(".")[0] == section and d.kind in ("float", "int") and n != name}
         values = dim.values if dim.kind in ("ordinal", "categorical") else (dim.low, dim.high)
         for value in values:
             if value != gentle[name]:
-                yield name, Plan({**gentle, name: value})
-    yield None, extreme_plan(space, most=True)
+                yield name, Plan({**gentle, **on, name: value})
+    yield None, Plan(most)
 
 
 def build_problem(plan: Plan, task: Task, finetune: FinetuneConfig) -> str | None:

@@ -51,7 +51,7 @@ from autocompress.tasks import Task
 from autocompress.techniques import STRUCTURAL, distill
 from autocompress.techniques.common import Context, bake, count_parameters
 from autocompress.techniques.prune import sparsity
-from autocompress.techniques.training import penultimate_features
+from autocompress.techniques.training import Recipe, penultimate_features, recipe_for
 
 
 def _deploy(model: nn.Module, task: Task, settings: MeasureConfig) -> nn.Module:
@@ -123,8 +123,14 @@ def make_context(
     task: Task, teacher_outputs: TeacherOutputs | None, finetune: FinetuneConfig, *,
     time_limit_s: float | None = None, on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> Context:
-    """What the techniques of one trial read (randomness comes from the Plan's seed)."""
-    return Context(
+    """What the techniques of one trial read (randomness comes from the Plan's seed).
+
+    The fine-tuning recipe's ``auto`` values are resolved for the teacher here, once, and noted
+    with the trial's metrics (``finetune_lr``, ``finetune_warmup``, ``finetune_weight_decay``).
+    """
+    recipe = recipe_for(task.teacher, **{name: getattr(finetune, name)
+                                         for name in Recipe.__dataclass_fields__})
+    ctx = Context(
         teacher=task.teacher,
         train_x=task.train.x,
         train_y=task.train.y,
@@ -133,11 +139,18 @@ def make_context(
         teacher_features=teacher_outputs.features if teacher_outputs else None,
         student_factory=task.student_factory,
         epochs=finetune.epochs,
-        lr=finetune.lr,
+        lr=recipe.lr,
         batch_size=finetune.batch_size,
+        optimizer=recipe.optimizer,
+        schedule=recipe.schedule,
+        warmup=recipe.warmup,
+        weight_decay=recipe.weight_decay,
         time_limit_s=time_limit_s,
         on_epoch=on_epoch,
     )
+    ctx.note({"finetune_lr": recipe.lr, "finetune_warmup": recipe.warmup,
+              "finetune_weight_decay": recipe.weight_decay})
+    return ctx
 
 
 @dataclass(frozen=True)

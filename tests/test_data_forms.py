@@ -241,8 +241,8 @@ class _NoLogitsModel(nn.Module):
 ALLOWED = ("(x, y) tensors or numpy arrays, a dict of columns, a torch Dataset, a list of "
            "samples, or a DataLoader of (x, y) or dict batches")
 DICTS = "input_ids (+ attention_mask, token_type_ids) or pixel_values, and labels or label"
-LABEL_FORMS = ("integer class ids, one-hot rows, whole-number floats, or (N, D) float targets "
-               "such as a teacher's embeddings")
+LABEL_FORMS = ("integer class ids (or (N, L) next-token ids), one-hot rows, whole-number floats, "
+               "or (N, D) float targets such as a teacher's embeddings")
 NAN_X = X.clone()
 NAN_X[2, 1] = float("nan")
 BAD = {

@@ -85,3 +85,31 @@ def test_packed_size_is_exactly_the_packed_length(bits, density, asymmetric):
     state = {"layer.weight": weight, "layer.bias": torch.randn(17), "n": torch.tensor([1, 2])}
     args = ({"layer.weight": bits}, ["layer.weight"] if asymmetric else [])
     assert packed_size(state, *args) == len(pack_state_dict(state, *args))
+
+
+def test_a_tensor_shared_under_two_names_is_stored_once_and_unpacks_as_one():
+    from autocompress.packing import aliases, packed_size
+
+    table = torch.randn(50, 20)
+    state = {"embed.weight": table, "bias": torch.randn(20), "head.weight": table,
+             "copy": table.clone(), "rows": table[:10]}  # equal values or a part: not a tie
+    bits = {"embed.weight": 4, "head.weight": 4}
+    assert aliases(state) == {"head.weight": "embed.weight"}
+    blob = pack_state_dict(state, bits)
+    assert packed_size(state, bits) == len(blob)
+    alone = pack_state_dict({k: v for k, v in state.items() if k != "head.weight"}, bits={
+        "embed.weight": 4})
+    header = 2 + len("head.weight") + 1 + len("float32") + 1 + 2 * 4 + 8
+    assert len(blob) - len(alone) == header + 3 * 4 + len("embed.weight")  # names its target
+    out = unpack_state_dict(blob)
+    assert out["head.weight"] is out["embed.weight"]
+    assert out["copy"] is not out["embed.weight"] and torch.equal(out["copy"], table)
+    assert torch.equal(out["rows"], table[:10])
+
+
+def test_version_1_files_still_read():
+    state = {"w": torch.randn(3, 4)}
+    blob = pack_state_dict(state)
+    assert torch.equal(unpack_state_dict(blob[:4] + bytes([1]) + blob[5:])["w"], state["w"])
+    with pytest.raises(ValueError, match="version 9"):
+        unpack_state_dict(blob[:4] + bytes([9]) + blob[5:])

@@ -85,19 +85,22 @@ def test_structured_pruning_removes_units_and_matches_the_masked_model(request, 
     notes = ctx.registered.notes
     assert notes["params_after"] < notes["params_before"]
     assert notes["macs_after"] < notes["macs_before"]
+    again = copy.deepcopy(teacher)
+    removed = prune.remove_units(again, plan, digits.train.x[:1])
+    hidden = weight_layers(teacher)[:-1]
+    assert sorted(removed.units) == sorted(name for name, _ in hidden)
+    for (name, layer), (_, small) in zip(hidden, weight_layers(pruned)[:-1], strict=True):
+        units = layer.weight.shape[0]
+        assert len(removed.units[name]) == round(0.5 * units) == units - small.weight.shape[0]
     # the same units zeroed in place (weights and biases) give identical outputs
     masked = copy.deepcopy(teacher)
-    for (_, layer), (_, small) in zip(weight_layers(masked)[:-1], weight_layers(pruned)[:-1],
-                                      strict=True):
-        crit = criterion("l1")
-        units = layer.weight.shape[0]
-        removed = torch.argsort(crit.unit_scores(layer.weight), stable=True)[
-            : units - small.weight.shape[0]]
-        with torch.no_grad():
-            layer.weight[removed] = 0
-            layer.bias[removed] = 0
+    modules = dict(masked.named_modules())
     with torch.no_grad():
+        for name, idxs in removed.units.items():
+            modules[name].weight[idxs] = 0
+            modules[name].bias[idxs] = 0
         assert torch.allclose(pruned(digits.val.x), masked(digits.val.x), atol=1e-5)
+        assert torch.allclose(again(digits.val.x), pruned(digits.val.x), atol=0)
 
 
 def test_structured_pruning_respects_residual_adds(digits):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from helpers import ctx_for
 
-from autocompress.measure import stored_bytes
+from autocompress.measure import pack_model, stored_bytes
 from autocompress.packing import pack_state_dict, unpack_state_dict
 from autocompress.plan import Plan
 from autocompress.techniques import distill, prune, quantize
-from autocompress.techniques.common import bake, weight_layers
+from autocompress.techniques.common import Context, bake, weight_layers
 
 
 @pytest.mark.parametrize("bits", [2, 3, 5, 6, 8])
@@ -63,3 +63,48 @@ def test_mixed_precision_per_layer_and_last_layer_8bit(mlp_teacher, digits):
     uniform = bake(quantize.apply(copy.deepcopy(mlp_teacher), Plan({"quantize.bits": 8}),
                                   ctx_for(mlp_teacher, digits)))
     assert stored_bytes(model) < stored_bytes(uniform)
+
+
+class TiedNet(torch.nn.Module):
+    """A token table and an output layer sharing it, with a layer of its own between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(40, 16)
+        self.mid = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 40, bias=False)
+        self.head.weight = self.table.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.table(ids)).mean(dim=1))
+
+
+def tied_ctx(model: torch.nn.Module) -> Context:
+    ids = torch.randint(0, 40, (8, 5), generator=torch.Generator().manual_seed(0))
+    return Context(teacher=model, train_x=ids, train_y=torch.zeros(8, dtype=torch.long),
+                   example_input=ids[:1])
+
+
+def test_a_tie_follows_its_table_and_gets_one_quantizer():
+    torch.manual_seed(0)
+    teacher = TiedNet()
+    off = quantize.apply(copy.deepcopy(teacher), Plan({"quantize.bits": 4}), tied_ctx(teacher))
+    assert off.mid.weight_bits == 4  # tables float by default, and so their tied head
+    assert not hasattr(off.head, "weight_bits") and not hasattr(off.table, "weight_bits")
+    assert off.head.weight is off.table.weight
+    plan = Plan({"quantize.bits": 4, "quantize.embeddings": True, "quantize.mode": "ptq"})
+    ctx = tied_ctx(teacher)
+    on = quantize.apply(copy.deepcopy(teacher), plan, ctx)
+    shared = quantize._quantizer(on.table)
+    assert shared is quantize._quantizer(on.head) and not shared.enabled
+    assert on.head.weight_tied_to == "table.weight" and on.head.weight_bits == 4
+    for hook in ctx.registered.after_training:
+        hook(on)  # PTQ calibrates the shared quantizer once
+    assert shared.enabled and torch.equal(on.head.weight, on.table.weight)
+    assert quantize.levels_per_channel(on.table.weight) <= 15
+    baked = bake(copy.deepcopy(on))
+    blob_size = stored_bytes(baked)
+    assert blob_size == stored_bytes(on)
+    assert unpack_state_dict(pack_model(baked))["head.weight"].shape == (40, 16)
+    baked.head.weight.data[0, 0] += 1.0  # no longer equal: no longer counted once
+    assert stored_bytes(baked) > blob_size

@@ -19,6 +19,7 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,29 @@ def _onnxruntime():
     return onnxruntime
 
 
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module) -> Iterator[None]:
+    """Hugging Face models in their plain attention while exported: the TorchScript exporter
+    cannot convert ``scaled_dot_product_attention`` with grouped KV heads (Llama); the eager
+    path computes the same attention with ops it knows."""
+    configs = {id(c): c for m in model.modules()
+               if getattr(c := getattr(m, "config", None), "_attn_implementation", None)
+               not in (None, "eager")}
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
     """ONNX bytes of ``model`` with a dynamic batch dimension (TorchScript exporter, opset 17)."""
     buffer = io.BytesIO()
     model.eval()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _eager_attention(model):
         warnings.simplefilter("ignore")  # the exporter's deprecation notices, not ours to fix
         torch.onnx.export(
             model, (example_input[:1],), buffer, dynamo=False, opset_version=17,

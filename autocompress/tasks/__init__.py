@@ -25,14 +25,15 @@ DATASETS = tuple(LOADERS)
 
 
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1024) -> float:
-    """Share of ``split`` whose arg-max prediction equals the label, in [0, 1]."""
+    """Share of ``split``'s labels (per token, for a language model's next-token labels) that
+    the arg-max prediction equals, in [0, 1]."""
     model.eval()
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             logits = model(split.x[start : start + batch_size])
-            correct += int((logits.argmax(dim=1) == split.y[start : start + batch_size]).sum())
-    return correct / max(1, len(split))
+            correct += int((logits.argmax(dim=-1) == split.y[start : start + batch_size]).sum())
+    return correct / max(1, split.y.numel())
 
 
 @dataclass

@@ -22,8 +22,8 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")  # packed in this 
 FILL = {"attention_mask": 1, "token_type_ids": 0}  # what a missing column means to the model
 IMAGE_KEY = "pixel_values"
 PLAIN = "x"  # the one input column of (x, y) data
-LABEL_FORMS = ("integer class ids, one-hot rows, whole-number floats, or (N, D) float targets "
-               "such as a teacher's embeddings")
+LABEL_FORMS = ("integer class ids (or (N, L) next-token ids), one-hot rows, whole-number floats, "
+               "or (N, D) float targets such as a teacher's embeddings")
 
 
 def fail(split: str, got: str, expected: str) -> ConfigError:
@@ -176,7 +176,7 @@ def labels_of(y: torch.Tensor, split: str) -> torch.Tensor:
         return y.float() if y.dtype == torch.float64 else y
     if y.ndim == 2 and _one_hot(y):
         y = y.argmax(dim=1)
-    if y.ndim != 1:
+    if y.ndim not in (1, 2):  # (N, L): a language model's next-token ids, one per position
         raise fail(split, f"integer labels of shape {tuple(y.shape)}", LABEL_FORMS)
     return _ids(y.long(), split)
 

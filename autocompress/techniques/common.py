@@ -63,7 +63,9 @@ class Context:
     """What a technique may read besides the model and the plan, and where it registers.
 
     ``teacher_logits`` (and ``teacher_features``, the teacher's inputs to its last layer) are
-    computed once per study on ``train_x`` and shared by every trial. ``on_epoch(epoch, model)``
+    computed once per study on ``train_x`` and shared by every trial. ``lr``, ``optimizer``,
+    ``schedule``, ``warmup`` and ``weight_decay`` are the fine-tuning recipe, resolved (no
+    ``auto``; :func:`~autocompress.techniques.training.recipe_for`). ``on_epoch(epoch, model)``
     reports fidelity after each fine-tuning epoch; ``time_limit_s`` is the study's
     ``trial_timeout``. The fields are frozen: a technique changes the trial only through the
     registering methods below, which fill ``registered``.
@@ -78,6 +80,10 @@ class Context:
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 128
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup: float = 0.0
+    weight_decay: float = 0.0
     student_factory: Callable[[Plan, nn.Module], nn.Module] | None = None
     on_epoch: Callable[[int, nn.Module], None] | None = None
     time_limit_s: float | None = None

@@ -9,6 +9,11 @@ batches, and raises without them, so none silently depends on a ``backward()`` d
 A provider's criterion (``nni.*``) computes whole masks from calibration data instead
 (:class:`MaskCriterion`).
 
+For coupled groups of units (a residual trunk, :mod:`autocompress.techniques.graph`) each layer
+gives its share of a unit's score (``unit_part``: sums of p-th powers for norms, sums for
+sensitivities), so the shares add up over the group, as Torch-Pruning's group importance does:
+a trunk channel is ranked once, by its weights in every layer that produces it.
+
 | name        | per weight                    | per unit                         |
 | ----------- | ----------------------------- | -------------------------------- |
 | `magnitude` | abs(w)                        | L2 norm of the unit's weights    |
@@ -20,6 +25,7 @@ A provider's criterion (``nni.*``) computes whole masks from calibration data in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -28,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocompress.techniques.common import weight_layers
-from autocompress.techniques.training import task_loss
+from autocompress.techniques.outputs import calibration_loss
 
 
 class Importance(Protocol):
@@ -44,6 +50,10 @@ class Importance(Protocol):
 
     def unit_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
         """A score per output unit (row of a linear weight, filter of a conv)."""
+        ...
+
+    def unit_part(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per row of per-weight ``scores`` (units, k): the amount that adds over a group."""
         ...
 
 
@@ -75,6 +85,9 @@ class Norm:
         rows = weight.detach().flatten(1)
         return rows.abs().sum(dim=1) if self.p == 1 else rows.norm(dim=1)
 
+    def unit_part(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.flatten(1).pow(self.p).sum(dim=1)
+
 
 @dataclass(frozen=True)
 class Sensitivity:
@@ -92,6 +105,9 @@ class Sensitivity:
 
     def unit_scores(self, weight: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
         return self.weight_scores(weight, grad).flatten(1).sum(dim=1)
+
+    def unit_part(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.flatten(1).sum(dim=1)
 
 
 IMPORTANCE: dict[str, Importance] = {
@@ -112,6 +128,28 @@ def criterion(name: str) -> Importance:
     return found
 
 
+def layer_part(crit: Importance, grads: Mapping[nn.Module, torch.Tensor] | None = None
+               ) -> Callable[[nn.Module, str, list[int]], torch.Tensor | None]:
+    """A group scorer's layer share for ``crit``: the unit's own rows in every layer that
+    produces it (``out``) and its norm scales (``norm``; not for gradient criteria, which have
+    no gradient for them). ``grads`` are by module, for criteria that need them.
+
+    Consumers' input columns (``in``) are left out, unlike Torch-Pruning's default: a unit's
+    score stays a reduction over its own weights, so on an uncoupled layer it is exactly the
+    per-layer ``unit_scores`` ranking (the one NNI's L1 pruner shares). On the residual CNN of
+    ``tests/test_prune_groups.py`` both choices fine-tune to the same accuracy.
+    """
+
+    def part(layer: nn.Module, role: str, idxs: list[int]) -> torch.Tensor | None:
+        weight = getattr(layer, "weight", None)
+        if weight is None or role == "in" or (role == "norm" and crit.needs_gradients):
+            return None
+        scores = crit.weight_scores(weight, None if role == "norm" else (grads or {}).get(layer))
+        return crit.unit_part(scores.reshape(len(weight), -1)[idxs])
+
+    return part
+
+
 def _leaf_weight(module: nn.Module) -> torch.Tensor:
     if parametrize.is_parametrized(module, "weight"):
         return module.parametrizations.weight.original
@@ -124,7 +162,7 @@ def accumulate_gradients(
 ) -> dict[str, torch.Tensor]:
     """Sum over ``batches`` calibration batches of abs(dL/dw) for every weight layer, by name.
 
-    The task's loss (:func:`~autocompress.techniques.training.task_loss`) on the targets; the
+    The task's loss (:func:`~autocompress.techniques.outputs.calibration_loss`) on the targets; the
     weights are left unchanged. With parametrized weights (masks, fake quantization) the
     gradient is taken at the stored weight, so masked weights get zero and fake quantization
     passes it straight through.
@@ -137,7 +175,7 @@ def accumulate_gradients(
     for _ in range(batches):
         idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=generator)
         weights = [_leaf_weight(m) for _, m in layers]
-        loss = task_loss(model(x[idx]), y[idx])
+        loss = calibration_loss(model(x[idx]), y[idx])
         grads = torch.autograd.grad(loss, weights, allow_unused=True)
         for (name, _), g in zip(layers, grads, strict=True):
             if g is not None:

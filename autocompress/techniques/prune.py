@@ -6,10 +6,13 @@
   the optimiser all see the pruned weights and fine-tuning cannot revive them. With
   ``prune.schedule: linear`` or ``cubic`` the sparsity grows epoch by epoch to its target (the
   cubic schedule of Zhu & Gupta 2017), the mask recomputed each epoch from the current weights.
-* ``prune.kind: structured`` removes the lowest-scoring ``ratio`` of each unprotected layer's
-  output units through torch-pruning's dependency graph, which keeps the next layers, batch norms
-  and residual adds consistent: the model is physically smaller. Parameters and MACs before and
-  after are noted on the context (``ctx.note``).
+* ``prune.kind: structured`` removes whole units through torch-pruning's dependency graph, one
+  coupled group at a time (a residual trunk is one group: the stem, every block's last conv and
+  batch norm, every consumer's inputs): each group is scored once, over every layer producing its
+  units, and loses exactly ``round(ratio * units)`` of them, keeping one at least (:mod:`.graph`;
+  a per-layer ratio is the group's root layer's, the first in definition order). The model's
+  outputs, attention projections and embeddings are never cut. The model is physically smaller;
+  parameters and MACs before and after are noted on the context (``ctx.note``).
 
 The criterion (:mod:`autocompress.techniques.importance`) is a choice too; gradient and Taylor
 criteria get their gradients from calibration batches of the training split, computed here.
@@ -20,6 +23,8 @@ itself from calibration data: they are kept as masks (unstructured) or become th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -27,7 +32,7 @@ from torch.nn.utils import parametrize
 from autocompress.errors import TrialError
 from autocompress.params import Param, Settings
 from autocompress.plan import Plan
-from autocompress.techniques import providers
+from autocompress.techniques import graph, providers
 from autocompress.techniques.common import Context, weight_layers
 from autocompress.techniques.encoder import Encoder
 from autocompress.techniques.importance import (
@@ -35,6 +40,7 @@ from autocompress.techniques.importance import (
     MaskCriterion,
     accumulate_gradients,
     criterion,
+    layer_part,
 )
 
 PARAMETERS = (
@@ -178,56 +184,82 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(1, total)
 
 
-def unit_scores(
-    model: nn.Module, plan: Plan, grads: dict[str, torch.Tensor] | None = None,
-    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """A score per output unit of each prunable layer; the lowest go first.
+@dataclass(frozen=True)
+class Removed:
+    """What a structured prune did: parameters and MACs before and after (``notes``), and the
+    units removed from each coupled group, by the group's root layer (its unit numbering)."""
 
-    With a provider's criterion the score is how many of the unit's weights its mask keeps, so
-    the units it zeroed whole are exactly the ones removed.
-    """
-    layers = prunable_layers(model, plan)
-    by_provider = provided(plan)
-    if by_provider is not None:
-        masks = _provider_masks(model, plan, by_provider, layers, calibration, 1.0)
-        return {name: masks[name].flatten(1).sum(dim=1) for name, _ in layers}
-    crit = criterion(str(setting(plan, "prune.criterion")))
-    return {name: crit.unit_scores(m.weight, (grads or {}).get(name)) for name, m in layers}
+    notes: dict[str, float]
+    units: dict[str, list[int]]
+
+
+def _explicit_ratios(plan: Plan) -> dict[str, float]:
+    start = "prune.ratio."
+    return {k[len(start):]: float(v) for k, v in plan.choices.items() if k.startswith(start)}
+
+
+def _protected_ends(model: nn.Module, plan: Plan) -> list[nn.Module]:
+    layers = weight_layers(model)
+    ends = []
+    if layers and setting(plan, "prune.protect_first"):
+        ends.append(layers[0][1])
+    if layers and setting(plan, "prune.protect_last"):
+        ends.append(layers[-1][1])
+    return ends
+
+
+def _mask_part(masks: dict[str, torch.Tensor], model: nn.Module) -> graph.LayerPart:
+    """A provider's verdict as a group score: how many of the unit's weights its masks keep."""
+    by_module = {m: masks[n] for n, m in model.named_modules() if n in masks}
+
+    def part(layer: nn.Module, role: str, idxs: list[int]) -> torch.Tensor | None:
+        mask = by_module.get(layer)
+        return mask.flatten(1)[idxs].sum(dim=1) if mask is not None and role == "out" else None
+
+    return part
 
 
 def remove_units(
     model: nn.Module, plan: Plan, example_input: torch.Tensor,
     grads: dict[str, torch.Tensor] | None = None,
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """Structured pruning in place; returns parameters and MACs before and after."""
-    import torch_pruning as tp
+) -> Removed:
+    """Structured pruning in place: each coupled group scored once, cut once.
 
+    A group loses ``round(ratio * units)`` units (at least one kept), the ratio being its root
+    layer's (``prune.ratio.<layer>``, else a member's, else the global one). Scores are summed
+    over the group's layers (:func:`~autocompress.techniques.graph.group_scores`); with a
+    provider's criterion, how many of a unit's weights its masks keep. Removing a unit equals
+    zeroing its outputs, so the pruned model computes what the masked one does.
+    """
     if Encoder.find(model) is not None:
         raise TrialError("prune.kind structured on a transformer would split attention heads; "
                          "remove heads and neurons with transformer.heads / transformer.ffn")
-    scores = unit_scores(model, plan, grads, calibration)
-    macs_before, params_before = tp.utils.count_ops_and_params(model, example_input)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    plans = []
-    for name, layer in prunable_layers(model, plan):
-        ratio = float(setting(plan, "prune.ratio", layer=name))
-        units = layer.weight.shape[0]
-        n_removed = min(units - 1, round(ratio * units))
-        if n_removed <= 0:
-            continue
-        idxs = torch.argsort(scores[name], stable=True)[:n_removed].tolist()
-        handler = (tp.prune_linear_out_channels if isinstance(layer, nn.Linear)
-                   else tp.prune_conv_out_channels)
-        plans.append((layer, handler, idxs))
-    for layer, handler, idxs in plans:  # indices were chosen before any removal
-        group = graph.get_pruning_group(layer, handler, idxs=idxs)
-        if graph.check_pruning_group(group):
-            group.prune()
-    macs_after, params_after = tp.utils.count_ops_and_params(model, example_input)
-    return {"params_before": float(params_before), "params_after": float(params_after),
-            "macs_before": float(macs_before), "macs_after": float(macs_after)}
+    deps = graph.trace(model, example_input, what="prune.kind structured")
+    groups = graph.unit_groups(
+        model, deps, graph.protected(model, deps, _protected_ends(model, plan)))
+    by_provider = provided(plan)
+    if by_provider is not None:
+        layers = prunable_layers(model, plan)
+        part = _mask_part(_provider_masks(model, plan, by_provider, layers, calibration, 1.0),
+                          model)
+    else:
+        modules = dict(model.named_modules())
+        part = layer_part(criterion(str(setting(plan, "prune.criterion"))),
+                          {modules[n]: g for n, g in (grads or {}).items()})
+    explicit, default = _explicit_ratios(plan), float(setting(plan, "prune.ratio"))
+    removals = []
+    for group in groups:
+        n_removed = min(group.units - 1,
+                        round(graph.ratio_of(group, explicit, default) * group.units))
+        if n_removed > 0:
+            removals.append((group, graph.lowest(graph.group_scores(group, part), n_removed)))
+    macs_before, params_before = graph.count(model, example_input)
+    graph.cut(deps, removals)
+    macs_after, params_after = graph.count(model, example_input)
+    notes = {"params_before": params_before, "params_after": params_after,
+             "macs_before": macs_before, "macs_after": macs_after}
+    return Removed(notes, {group.name: idxs for group, idxs in removals})
 
 
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
@@ -247,7 +279,7 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
 
     initial = gradients()
     if setting(plan, "prune.kind") == "structured":
-        ctx.note(remove_units(model, plan, ctx.example_input, initial, calibration))
+        ctx.note(remove_units(model, plan, ctx.example_input, initial, calibration).notes)
         return model
     schedule = str(setting(plan, "prune.schedule"))
     attach_masks(model, weight_masks(model, plan, grads=initial, calibration=calibration,

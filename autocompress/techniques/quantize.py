@@ -2,8 +2,11 @@
 
 * ``quantize.bits``: 2..8 bits, 16 (float16) or 32 (off); globally or per layer
   (``quantize.bits.<layer>``, mixed precision); ``quantize.last_layer_8bit`` keeps the output
-  layer at 8 bits whatever the rest use; layers marked as embeddings (a transformer's patch
-  embedding) stay float unless ``quantize.embeddings``.
+  layer at 8 bits whatever the rest use.
+* ``quantize.embeddings``: embedding tables (every ``nn.Embedding``: token, position, type) and
+  weight layers marked as embeddings (a ViT's patch embedding) are quantized too, a table per
+  row (one scale per token). Off by default: they stay float, as before. A pretrained
+  transformer's tables are often most of its size, so without them it cannot shrink much.
 * ``quantize.scheme``: ``symmetric`` (levels -q..q around an exact zero) or ``asymmetric``
   (levels 0..2**bits-1 with a per-channel integer zero point, so zero stays exact too).
 * ``quantize.mode``: ``qat`` passes the weights through ``torch.fake_quantize_per_channel_affine``
@@ -15,6 +18,13 @@
 
 Pruned zeros stay exactly zero in both schemes. Each layer keeps its format in ``weight_bits``
 and ``weight_scheme`` for the stored-size measurement and the runtime.
+
+Tied weights (a language model's output layer sharing the token-embedding matrix) get one
+quantizer and one format for the shared tensor, the widest any of its layers asks for (a table
+left float keeps its tied head float; ``last_layer_8bit`` on the head keeps the table at 8 bits),
+so both stay equal; the later layer is marked ``weight_tied_to`` (the earlier weight's name) so
+the stored size counts the tensor once even after baking gives each layer its own copy. A
+provider's trainer wraps weight layers only: with one, tables stay float.
 """
 
 from __future__ import annotations
@@ -23,11 +33,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, qmax
+from autocompress.packing import BITS_ATTRIBUTE, SCHEME_ATTRIBUTE, TIED_ATTRIBUTE, qmax
 from autocompress.params import Param, Settings
 from autocompress.plan import Plan
 from autocompress.techniques import providers
-from autocompress.techniques.common import Context, weight_layers
+from autocompress.techniques.common import WEIGHT_LAYERS, Context, weight_layers
 
 BIT_WIDTHS = (2, 3, 4, 5, 6, 8, 16, 32)
 PTQ_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
@@ -42,10 +52,11 @@ PARAMETERS = (
           "(nni.qat, nni.lsq: NNI's QAT / LSQ)", values=("qat", "ptq")),
     Param("last_layer_8bit", "bool", False, "keep the output layer at 8 bits"),
     Param("embeddings", "bool", False,
-          "quantize embedding layers too (a transformer's patch embedding stays float if not)"),
+          "quantize embedding tables (per token) and a ViT's patch embedding too (else float)"),
 )
 setting = Settings("quantize", PARAMETERS)
 EMBEDDING_ATTRIBUTE = "embedding"  # set True on a weight layer that embeds the input
+EMBEDDING_TABLES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _grid(weight: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0):
@@ -116,32 +127,62 @@ def _quantizer(module: nn.Module) -> FakeQuantize | None:
     return None
 
 
+def quantizable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Weight layers and embedding tables, in definition order."""
+    kinds = (*WEIGHT_LAYERS, *EMBEDDING_TABLES)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def tied_groups(layers: list[tuple[str, nn.Module]]) -> list[list[tuple[str, nn.Module]]]:
+    """``layers`` grouped by the weight they hold: a group of two or more is a tie."""
+    groups: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in layers:
+        weight = module._parameters.get("weight")  # None once parametrized (masked): its own
+        groups.setdefault(id(weight) if weight is not None else id(module), []).append(
+            (name, module))
+    return list(groups.values())
+
+
+def _bits(plan: Plan, name: str, module: nn.Module, *, is_last: bool, by_trainer: bool) -> int:
+    table = isinstance(module, EMBEDDING_TABLES)
+    if table and by_trainer:
+        return 32
+    if (table or getattr(module, EMBEDDING_ATTRIBUTE, False)) and not setting(
+            plan, "quantize.embeddings"):
+        return 32
+    return layer_bits(plan, name, is_last)
+
+
+def _key(name: str) -> str:
+    return f"{name}.weight" if name else "weight"
+
+
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     mode = setting(plan, "quantize.mode")
     by_trainer = providers.provides("quantize.mode", mode)  # it wraps the layers while training
     if by_trainer:
         ctx.use_trainer(providers.implementation("quantize.mode", mode))
     symmetric = by_trainer or setting(plan, "quantize.scheme") == "symmetric"
+    scheme = "symmetric" if symmetric else "asymmetric"
     post_training = mode == "ptq"
     layers = weight_layers(model)
+    last = layers[-1][1] if layers else None
     quantized = False
-    for i, (name, module) in enumerate(layers):
-        bits = layer_bits(plan, name, i == len(layers) - 1)
-        if getattr(module, EMBEDDING_ATTRIBUTE, False) and not setting(plan,
-                                                                       "quantize.embeddings"):
-            bits = 32
+    for group in tied_groups(quantizable(model)):
+        bits = max(_bits(plan, name, module, is_last=module is last, by_trainer=by_trainer)
+                   for name, module in group)
         if bits >= 32:
             continue
-        if by_trainer:  # only the format is set now: sizes and latency are measured from it
+        quantizer = None if by_trainer else FakeQuantize(bits, symmetric,
+                                                         enabled=not post_training)
+        for name, module in group:
+            if quantizer is not None:  # else only the format: the trainer quantizes
+                parametrize.register_parametrization(module, "weight", quantizer)
             setattr(module, BITS_ATTRIBUTE, bits)
-            setattr(module, SCHEME_ATTRIBUTE, "symmetric")
-            continue
-        parametrize.register_parametrization(
-            module, "weight", FakeQuantize(bits, symmetric, enabled=not post_training)
-        )
-        setattr(module, BITS_ATTRIBUTE, bits)
-        setattr(module, SCHEME_ATTRIBUTE, "symmetric" if symmetric else "asymmetric")
-        quantized = True
+            setattr(module, SCHEME_ATTRIBUTE, scheme)
+            if name != group[0][0]:
+                setattr(module, TIED_ATTRIBUTE, _key(group[0][0]))
+        quantized = quantized or quantizer is not None
     if post_training and quantized:
         ctx.add_after_training(quantize_after_training)
     return model
@@ -149,9 +190,9 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
 
 def quantize_after_training(model: nn.Module) -> None:
     """PTQ: calibrate each layer's clipping on its trained float weight, then quantize it."""
-    for _, module in weight_layers(model):
+    for _, module in quantizable(model):
         quantizer = _quantizer(module)
-        if quantizer is not None and not quantizer.enabled:
+        if quantizer is not None and not quantizer.enabled:  # a tie's quantizer: only once
             quantizer.calibrate(module.weight)  # the float weight, masks applied
             quantizer.enabled = True
 

@@ -1,20 +1,31 @@
 """The distillation student: a shallower, narrower teacher, migrated from its best units.
 
-A flat ``nn.Sequential`` of linear / conv blocks is cut in two steps:
+A flat ``nn.Sequential`` of linear / conv blocks (the LeNets) is cut in two steps, as always:
 
-* depth: ``student.drop_layers`` hidden linear layers (those nearest the output first) are
+* depth: ``student.drop_layers`` hidden linear layers (by default those nearest the output) are
   removed. Each is bridged by composing it with the next linear layer (``W' = W_next @ W``,
   ``b' = W_next @ b + b_next``, the activation between them dropped), so the student starts from
   a linear approximation of the teacher's path rather than from nothing. A dropped layer and its
-  activation become ``nn.Identity``, so every kept layer keeps its name.
+  activation become ``nn.Identity``, so every kept layer keeps its name. Conv layers stay.
 * width: each hidden weight layer keeps ``round(width * units)`` output neurons / channels
   (``student.width`` or, per layer, ``student.width.<layer>``), chosen by
   ``student.criterion`` when ``migrate`` is on, or at random and re-initialised when it is off.
   The next layer's inputs are sliced to match, through ``Flatten`` and batch norm. The last weight
   layer keeps all its outputs.
 
-Conv blocks are never dropped (removing one changes the feature map the next block expects).
-Other architectures: pass ``student_factory`` to the API instead.
+Any other model is cut through its traced graph, no factory needed:
+
+* depth: ``student.drop_layers`` whole blocks whose input and output shapes match are removed
+  (residual blocks, a user's own, Hugging Face encoder / decoder layers:
+  :mod:`~autocompress.techniques.depth`), chosen by ``student.block_choice``.
+* width: every coupled group of units (:mod:`~autocompress.techniques.graph`) keeps
+  ``round(width * units)`` of them (at least one; a group's per-layer width is its root layer's),
+  the most important by ``student.criterion`` summed over the group (parameter migration), or
+  at random and re-initialised without ``migrate``. The model's outputs are never cut, and
+  attention projections and embeddings are left out of width (splitting heads is the
+  transformer technique's job), so residual adds, depthwise convs and heads stay consistent.
+
+``student_factory`` (through the API) builds the student instead, for what cannot be traced.
 """
 
 from __future__ import annotations
@@ -28,14 +39,27 @@ from torch import nn
 from autocompress.errors import TrialError
 from autocompress.params import Param, Settings
 from autocompress.plan import Plan
+from autocompress.techniques import depth, graph
 from autocompress.techniques.common import WEIGHT_LAYERS, Context, weight_layers
-from autocompress.techniques.importance import CRITERIA, accumulate_gradients, criterion
+from autocompress.techniques.depth import CHOICES
+from autocompress.techniques.encoder import Encoder
+from autocompress.techniques.importance import (
+    CRITERIA,
+    accumulate_gradients,
+    criterion,
+    layer_part,
+)
 
 PARAMETERS = (
     Param("width", "float", 1.0, "share of each hidden layer's neurons / channels kept",
           low=0.05, high=1.0, per_layer=True),
-    Param("drop_layers", "int", 0, "hidden linear layers removed (nearest the output first)",
+    Param("drop_layers", "int", 0,
+          "hidden linear layers (flat stacks) or whole shape-keeping blocks removed",
           low=0, high=8),
+    Param("block_choice", "choice", "last",
+          "which layers / blocks drop_layers removes: the last ones, those whose skipping "
+          "raises the calibration loss least (ablation), or every other one",
+          values=CHOICES),
     Param("migrate", "bool", True,
           "start from the teacher's most important units (true) or from random weights (false)"),
     Param("criterion", "choice", "l2", "importance criterion choosing the migrated units",
@@ -112,8 +136,10 @@ def droppable(model: nn.Sequential) -> list[int]:
     return found
 
 
-def drop_layers(model: nn.Sequential, count: int) -> nn.Sequential:
-    """A copy without ``count`` hidden linear layers (nearest the output first), bridged.
+def drop_layers(model: nn.Sequential, count: int, *,
+                positions: list[int] | None = None) -> nn.Sequential:
+    """A copy without ``count`` hidden linear layers (nearest the output first, or those at
+    ``positions``), bridged.
 
     With ``count`` 0 the model itself is returned: :func:`narrow` makes the copy."""
     if count <= 0:
@@ -124,9 +150,10 @@ def drop_layers(model: nn.Sequential, count: int) -> nn.Sequential:
         raise TrialError(
             f"student.drop_layers: got {count}, this teacher has {len(candidates)} droppable layers"
         )
-    positions = [i for i, m in enumerate(student) if isinstance(m, WEIGHT_LAYERS)]
-    for here in sorted(candidates, reverse=True)[:count]:
-        after = positions[positions.index(here) + 1]
+    dropped = sorted(candidates, reverse=True)[:count] if positions is None else positions
+    layers = [i for i, m in enumerate(student) if isinstance(m, WEIGHT_LAYERS)]
+    for here in sorted(dropped, reverse=True):
+        after = layers[layers.index(here) + 1]
         first, second = student[here], student[after]
         with torch.no_grad():
             bridged = nn.Linear(first.in_features, second.out_features)
@@ -136,6 +163,7 @@ def drop_layers(model: nn.Sequential, count: int) -> nn.Sequential:
         for i in range(here, after):
             student[i] = nn.Identity()
         student[after] = bridged
+        layers.remove(here)  # a drop just before this one bridges into this bridge
     return student
 
 
@@ -197,10 +225,102 @@ def narrow(
     return student
 
 
+def is_flat(model: nn.Module) -> bool:
+    """A flat stack :func:`narrow` and :func:`drop_layers` cut (the LeNets): an ``nn.Sequential``
+    of weight layers, norms, ``Flatten`` and parameter-free layers, no grouped conv."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    for module in model:
+        if isinstance(module, WEIGHT_LAYERS):
+            if getattr(module, "groups", 1) != 1:
+                return False
+        elif not isinstance(module, (*_NORMS, nn.Flatten, *_PASS_THROUGH)) and any(
+                True for _ in module.parameters()):
+            return False
+    return True
+
+
+def _flat_student(model: nn.Sequential, plan: Plan, ctx: Context, widths: dict[str, float],
+                  dropped: int, migrate: bool) -> nn.Sequential:
+    how = str(setting(plan, "student.block_choice"))
+    positions = None
+    if dropped and how != "last":
+        candidates = droppable(model)
+        losses = None
+        if how == "ablation" and 0 < dropped <= len(candidates):
+            x, y = depth.calibration_batch(ctx.train_x, ctx.train_y, seed=plan.seed)
+            losses = depth.losses((drop_layers(model, 1, positions=[p]) for p in candidates),
+                                  x, y)
+        positions = [candidates[i] for i in depth.choose(len(candidates), dropped, how, losses)]
+    shallow = drop_layers(model, dropped, positions=positions)
+    crit = criterion(str(setting(plan, "student.criterion")))
+    scores = None
+    if migrate:
+        grads = (accumulate_gradients(shallow, ctx.train_x, ctx.train_y, seed=plan.seed)
+                 if crit.needs_gradients else {})
+        scores = {name: crit.unit_scores(m.weight, grads.get(name))
+                  for name, m in shallow.named_children() if isinstance(m, WEIGHT_LAYERS)}
+    return narrow(shallow, width=widths, example_input=ctx.example_input, migrate=migrate,
+                  seed=plan.seed, scores=scores)
+
+
+_FACTORY = "give the API a student_factory for this model"
+
+
+def _drop_blocks(student: nn.Module, plan: Plan, ctx: Context, dropped: int) -> None:
+    """Remove ``dropped`` whole blocks from ``student`` in place (:mod:`.depth`)."""
+    encoder = Encoder.find(student)
+    stack = list(encoder.blocks) if encoder is not None else []
+    blocks = depth.find_blocks(student, ctx.example_input)
+    how = str(setting(plan, "student.block_choice"))
+    losses = None
+    if how == "ablation" and 0 < dropped <= len(blocks):
+        x, y = depth.calibration_batch(ctx.train_x, ctx.train_y, seed=plan.seed)
+        losses = depth.losses(depth.skipping_each(student, blocks), x, y)
+    chosen = [blocks[i] for i in depth.choose(len(blocks), dropped, how, losses)]
+    depth.drop(student, chosen)
+    gone = {id(b.module) for b in chosen}
+    if stack and any(id(b) in gone for b in stack):  # block-to-block distillation follows
+        ctx.map_blocks([i for i, b in enumerate(stack) if id(b) not in gone])
+
+
+def _narrow_groups(student: nn.Module, plan: Plan, ctx: Context, migrate: bool) -> None:
+    """Every coupled group of ``student`` keeps its width share of units, in place."""
+    deps = graph.trace(student, ctx.example_input, what="student.width", advice=_FACTORY)
+    groups = graph.unit_groups(student, deps, graph.protected(student, deps))
+    start = "student.width."
+    explicit = {k[len(start):]: float(v) for k, v in plan.choices.items() if k.startswith(start)}
+    default = float(setting(plan, "student.width"))
+    crit = criterion(str(setting(plan, "student.criterion")))
+    part = None
+    if migrate:
+        modules = dict(student.named_modules())
+        grads = (accumulate_gradients(student, ctx.train_x, ctx.train_y, seed=plan.seed)
+                 if crit.needs_gradients else {})
+        part = layer_part(crit, {modules[n]: g for n, g in grads.items()})
+    generator = torch.Generator().manual_seed(plan.seed)
+    removals = []
+    for group in groups:
+        kept = max(1, round(graph.ratio_of(group, explicit, default) * group.units))
+        if kept >= group.units:
+            continue
+        scores = (graph.group_scores(group, part) if part is not None
+                  else torch.rand(group.units, generator=generator))
+        removals.append((group, graph.lowest(scores, group.units - kept)))
+    graph.cut(deps, removals)
+    if not migrate:
+        torch.manual_seed(plan.seed)
+        for module in student.modules():
+            if hasattr(module, "reset_parameters") and module is not student:
+                module.reset_parameters()
+
+
 def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     """The student for ``plan``; the teacher itself (copied) when nothing is cut.
 
-    A ``ctx.student_factory(plan, teacher)`` given through the API builds it instead.
+    A ``ctx.student_factory(plan, teacher)`` given through the API builds it instead. A flat
+    stack is cut layer by layer (:func:`drop_layers`, :func:`narrow`); any other model through
+    its blocks and its traced graph.
     """
     if ctx.student_factory is not None:
         return ctx.student_factory(plan, model)
@@ -211,18 +331,11 @@ def apply(model: nn.Module, plan: Plan, ctx: Context) -> nn.Module:
     migrate = bool(setting(plan, "student.migrate"))
     if dropped == 0 and migrate and min(widths.values()) >= 1.0:
         return copy.deepcopy(model)  # nothing to cut
-    if not isinstance(model, nn.Sequential):
-        raise TrialError(
-            f"student: needs a flat nn.Sequential teacher, got {type(model).__name__}; "
-            "give the API a student_factory instead"
-        )
-    shallow = drop_layers(model, dropped)
-    crit = criterion(str(setting(plan, "student.criterion")))
-    scores = None
-    if migrate:
-        grads = (accumulate_gradients(shallow, ctx.train_x, ctx.train_y, seed=plan.seed)
-                 if crit.needs_gradients else {})
-        scores = {name: crit.unit_scores(m.weight, grads.get(name))
-                  for name, m in shallow.named_children() if isinstance(m, WEIGHT_LAYERS)}
-    return narrow(shallow, width=widths, example_input=ctx.example_input, migrate=migrate,
-                  seed=plan.seed, scores=scores)
+    if is_flat(model):
+        return _flat_student(model, plan, ctx, widths, dropped, migrate)
+    student = copy.deepcopy(model)
+    if dropped:
+        _drop_blocks(student, plan, ctx, dropped)
+    if min(widths.values()) < 1.0 or not migrate:
+        _narrow_groups(student, plan, ctx, migrate)
+    return student
