@@ -26,6 +26,7 @@ SUITE = {
     "predictor": "benchmarks.predictor_gain",
     "nni": "benchmarks.nni_compare",
     "vit": "benchmarks.vit_search",
+    "any_model": "benchmarks.any_model",
 }
 # run only when named (also scripts with options of their own: python benchmarks/NAME.py --help)
 ON_THEIR_OWN = {
