@@ -149,3 +149,18 @@ def test_each_model_exports_and_reloads_in_a_fresh_process(searched, fmt):
     got = torch.tensor(json.loads(fresh.stdout))
     agree = float((got == expected).float().mean())
     assert agree >= (1.0 if fmt == "torchscript" else 0.97), f"{name}: {agree:.2f}"
+
+
+def test_a_torchvision_resnet_searches_where_torchvision_imports(digits, tmp_path):
+    """torchvision's wheels need torch's CUDA libraries, so this runs only where it imports."""
+    models = pytest.importorskip("torchvision.models")
+    teacher = models.resnet18(num_classes=10)
+    teacher.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # one-channel digits
+    teacher = _train_briefly(teacher, _images(digits), epochs=1)
+    outcome = autocompress.search(
+        teacher, train=_images(digits)[0], val=_images(digits)[1], space="default", trials=2,
+        seed=0, sampler="random", finetune={"epochs": 1}, measure={"repeats": 3, "warmup": 1},
+        predictor=False, out_dir=tmp_path, progress=lambda _: None)
+    assert not [r.reason for r in outcome.results if r.state == "failed"]
+    assert any(m.metrics["memory_bytes"] < outcome.teacher["memory_bytes"]
+               for m in outcome.front.members)
