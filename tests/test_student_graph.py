@@ -14,10 +14,10 @@ from test_prune_groups import ResidualCNN, one_thread, widths  # noqa: F401  (a 
 from torch import nn
 
 from autocompress.errors import TrialError
+from autocompress.outputs import logits_of
 from autocompress.plan import Plan
 from autocompress.techniques import depth, student
 from autocompress.techniques.common import Context, count_parameters
-from autocompress.techniques.outputs import logits_of
 from autocompress.techniques.training import fit
 
 transformers = pytest.importorskip("transformers")

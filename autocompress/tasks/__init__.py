@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from autocompress.errors import ConfigError
-from autocompress.tasks.adapters import LOGITS_FORMS, NoLogits, TensorModel, adapt, keywords
+from autocompress.outputs import LOGITS_FORMS, NoLogits
+from autocompress.tasks.adapters import TensorModel, adapt, keywords
 from autocompress.tasks.columns import FILL, IMAGE_KEY, WHERE, as_tensor, pack
 from autocompress.tasks.data import LOADERS, Dataset, Split, load_dataset
 from autocompress.tasks.inputs import MAX_BYTES, read

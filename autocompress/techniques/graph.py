@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialError
+from autocompress.outputs import logits_of
 from autocompress.techniques.common import WEIGHT_LAYERS
-from autocompress.techniques.outputs import logits_of
 
 # (layer, role, indices) -> a layer's share of the score of the units at those indices, or None
 LayerPart = Callable[[nn.Module, str, list[int]], torch.Tensor | None]
