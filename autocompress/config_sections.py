@@ -45,18 +45,25 @@ class FinetuneConfig:
     weight_decay: float | str = "auto"
 
 
+def _entries(where: str, section: str, data: object, cls: type, what: str
+             ) -> list[tuple[str, str, object]]:
+    """``(key, section.key, value)`` of a section's mapping (None: empty), its keys checked
+    against ``cls``'s fields."""
+    if data is None:
+        return []
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, section, data, what)
+    allowed = list(cls.__dataclass_fields__)
+    for key in data:
+        if key not in allowed:
+            raise unknown_key_error(where, f"{section}.{key}", [f"{section}.{k}" for k in allowed])
+    return [(key, f"{section}.{key}", value) for key, value in data.items()]
+
+
 def finetune(where: str, data: object) -> FinetuneConfig:
     """Parse ``finetune:``; each field is checked on its own, ``auto`` where it may be."""
-    if data is None:
-        return FinetuneConfig()
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, "finetune", data, "a mapping")
-    allowed = list(FinetuneConfig.__dataclass_fields__)
     values: dict[str, object] = {}
-    for key, value in data.items():
-        name = f"finetune.{key}"
-        if key not in allowed:
-            raise unknown_key_error(where, name, [f"finetune.{k}" for k in allowed])
+    for key, name, value in _entries(where, "finetune", data, FinetuneConfig, "a mapping"):
         if key in ("epochs", "batch_size"):
             values[key] = integer(where, name, value, 1)
         elif key in FINETUNE_CHOICES:
@@ -169,16 +176,8 @@ def objectives(where: str, data: object) -> dict[str, str]:
 
 def budget(where: str, data: object) -> Budget:
     """Parse ``budget:``; sizes and times may carry units (``100kB``, ``2ms``)."""
-    if data is None:
-        return Budget()
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, "budget", data, "a mapping of limits")
-    allowed = list(Budget.__dataclass_fields__)
     values: dict[str, object] = {}
-    for key, value in data.items():
-        name = f"budget.{key}"
-        if key not in allowed:
-            raise unknown_key_error(where, name, [f"budget.{k}" for k in allowed])
+    for key, name, value in _entries(where, "budget", data, Budget, "a mapping of limits"):
         try:
             if key == "max_latency_ms":
                 values[key] = parse_ms(value)
