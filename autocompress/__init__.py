@@ -19,6 +19,7 @@ from autocompress.errors import (
     TrialError,
 )
 from autocompress.export import export_trial
+from autocompress.files import check_output_folder
 from autocompress.pareto import (
     ParetoFront,
     hypervolume_history,
@@ -54,6 +55,7 @@ __all__ = [
     "TrialCounts",
     "TrialError",
     "TrialResult",
+    "check_output_folder",
     "export_trial",
     "hypervolume_history",
     "load_study",

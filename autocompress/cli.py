@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
 import autocompress
 
@@ -45,8 +48,21 @@ e.g. postgresql://user@host/db) lets workers on several machines share it.
 """
 
 
+class UsageError(Exception):
+    """A command line argparse refuses: one line, not the usage block."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors pointing to ``--help`` (its subcommands' parsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.splitlines())  # argparse quotes the bad value whole: cut it
+        message = re.sub(r"'([^']{77})[^']{4,}'", r"'\1...'", message)[:300]
+        raise UsageError(f"{self.prog}: error: {message}; see {self.prog} --help")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autocompress", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,13 +138,22 @@ def _parser() -> argparse.ArgumentParser:
 FLAGS = {"trials": "--trials", "seed": "--seed", "backend": "--backend", "jobs": "--jobs",
          "storage": "--storage", "ray.address": "--address",
          "ray.max_concurrent": "--max-concurrent", "ray.scheduler": "--scheduler"}
+RAY_ONLY = {"--max-concurrent": "max_concurrent", "--scheduler": "scheduler"}
+
+
+def _refuse(flag: str, value: object, expected: str) -> autocompress.ConfigError:
+    return autocompress.ConfigError("command line", flag, value, expected)
 
 
 def _search(args: argparse.Namespace) -> int:
     config = autocompress.load_study(args.study)
+    if args.address is not None and args.backend == "optuna":
+        raise _refuse("--address", args.address, "no --address with --backend optuna (--address "
+                      "joins a Ray cluster: give --backend ray, or no --backend)")
     try:  # checked by the same code as the study file; errors name the command line
         config = config.with_overrides(
-            trials=args.trials, seed=args.seed, backend="ray" if args.address else args.backend,
+            trials=args.trials, seed=args.seed,
+            backend="ray" if args.address is not None else args.backend,
             jobs=args.jobs, storage=args.storage, ray_address=args.address,
             ray_max_concurrent=args.max_concurrent, ray_scheduler=args.scheduler)
     except autocompress.ConfigError as exc:
@@ -136,9 +161,11 @@ def _search(args: argparse.Namespace) -> int:
             raise
         raise autocompress.ConfigError(exc.where, FLAGS[exc.field], exc.got,
                                        exc.expected) from None
+    _check_backend_flags(args, config.backend)
+    out = _output_folder(args.out, config.name)
     progress = None if args.quiet else (lambda line: print(line, flush=True))
     started = time.perf_counter()
-    outcome = autocompress.run_study(config, out_dir=args.out, progress=progress)
+    outcome = autocompress.run_study(config, out_dir=out, progress=progress)
     results = outcome.results
     print(f"\n{autocompress.TrialCounts.of(results).summary()}, "
           f"{time.perf_counter() - started:.0f} s this run.")
@@ -156,6 +183,26 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_backend_flags(args: argparse.Namespace, backend: str) -> None:
+    """A flag of the other backend would be ignored without a word: refuse it instead."""
+    if backend != "ray":
+        for flag, name in RAY_ONLY.items():
+            if getattr(args, name) is not None:
+                raise _refuse(flag, getattr(args, name), "--backend ray (a Ray-only flag; this "
+                              "study runs on the optuna backend, where --jobs sets workers)")
+    elif args.jobs is not None and args.jobs > 1:
+        raise _refuse("--jobs", args.jobs, "1 on the ray backend (it runs --max-concurrent "
+                      "trials at a time), or --backend optuna")
+
+
+def _output_folder(out: str | None, name: str) -> Path:
+    """``--out`` (or studies/<name>/), refused before any work unless it can be written."""
+    if out is not None:
+        return autocompress.check_output_folder(out, where="command line", field="--out")
+    return autocompress.check_output_folder(Path("studies") / name, where="command line",
+                                            field="--out (not given: studies/<name>)")
+
+
 def _print_predictor(study_json) -> None:
     """One line on the learned predictor's cross-validated error, when the study has one."""
     summary = json.loads(study_json.read_text()).get("predictor") if study_json.is_file() else None
@@ -169,30 +216,37 @@ def _print_predictor(study_json) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     config = autocompress.load_study(args.study)
-    for line in autocompress.validate_study(config, out_dir=args.out,
+    out = _output_folder(args.out, config.name)
+    for line in autocompress.validate_study(config, out_dir=out,
                                             progress=lambda line: print(line, flush=True)):
         print(line)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    path = autocompress.write_report(_study_folder(args.study, args.out))
+    path = autocompress.write_report(_study_folder(args.study, args.out, "--out"))
     print(f"written {path} (and pareto.json, pareto.png, trials.csv, pareto.csv beside it)")
     return 0
 
 
-def _study_folder(study: str, out: str | None):
-    from pathlib import Path
-
+def _study_folder(study: str, out: str | None, flag: str) -> Path:
     target = Path(study)
-    if target.is_dir():
+    try:
+        is_dir = target.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: load_study says so in one line
+        is_dir = False
+    if is_dir:
+        if out is not None:
+            raise _refuse(flag, out, f"no {flag} when STUDY is a folder: the folder is the "
+                          "study's output folder")
         return target
     return Path(out) if out else Path("studies") / autocompress.load_study(target).name
 
 
 def _export(args: argparse.Namespace) -> int:
-    card = autocompress.export_trial(_study_folder(args.study, args.study_out), args.trial,
-                        fmt=args.format, out=args.out)
+    folder = _study_folder(args.study, args.study_out, "--study-out")
+    autocompress.check_output_folder(args.out, where="command line", field="--out")
+    card = autocompress.export_trial(folder, args.trial, fmt=args.format, out=args.out)
     again = card["remeasured"]
     print(f"trial {args.trial} written to {args.out} ({args.format}); re-measured: validation "
           f"accuracy {100 * again['accuracy']:.2f}% (recorded "
@@ -208,7 +262,11 @@ def _spaces() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         if args.command == "validate":
             return _validate(args)

@@ -29,7 +29,7 @@ from autocompress import config_sections as check
 from autocompress.budget import Budget
 from autocompress.config_sections import FinetuneConfig
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
-from autocompress.files import read_yaml
+from autocompress.files import is_file, read_yaml
 from autocompress.tasks import DATASETS, TEACHERS
 from autocompress.units import parse_seconds
 
@@ -40,6 +40,9 @@ BACKENDS = ("optuna", "ray")
 KEEP_MODELS = ("front", "all", "none")
 KEEP_LAST = 10  # with keep_models: front, the weights of the last trials are kept too
 DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+MAX_SEED = 2**32 - 1          # numpy's and Optuna's samplers take seeds in [0, 2**32 - 1]
+MAX_TRIAL_TIMEOUT = 30 * 86400.0  # seconds; setitimer overflows near 1e11, NaN never fires
+MAX_NAME = 128                # a folder and an Optuna study name (SQL column of 512)
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def _task(where: str, data: object) -> TaskConfig:
     if task.checkpoint is not None:
         given = Path(str(task.checkpoint))
         beside = Path(where).parent / given
-        found = given if given.is_file() else beside if beside.is_file() else None
+        found = given if is_file(given) else beside if is_file(beside) else None
         if found is None:
             raise ConfigError(where, "task.checkpoint", task.checkpoint,
                               f"an existing file holding a state_dict of {task.teacher} "
@@ -228,8 +231,10 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
         if key not in allowed:
             raise unknown_key_error(where, str(key), allowed)
     name = data.get("name", default_name)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(where, "name", name, "letters, digits, '_', '-' or '.' (a folder name)")
+    if not isinstance(name, str) or len(name) > MAX_NAME or \
+            not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(where, "name", name, "letters, digits, '_', '-' or '.' (a folder name, "
+                                               f"at most {MAX_NAME} characters)")
     sampler = data.get("sampler", "nsga2")
     if sampler not in SAMPLERS:
         hint = did_you_mean(str(sampler), SAMPLERS)
@@ -249,17 +254,17 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
     measure = check.section(where, "measure", _with_runtime(where, data), MeasureConfig)
     measure = _measure_under_budget(where, measure, budget)
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(where, "seed", seed, "an integer >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(where, "seed", seed, f"an integer >= 0 and <= {MAX_SEED} (2**32 - 1)")
     timeout = data.get("trial_timeout")
     if timeout is not None:
         try:
             timeout = parse_seconds(timeout)
         except ValueError:
             timeout = -1.0
-        if timeout <= 0:
+        if not 0 < timeout <= MAX_TRIAL_TIMEOUT:  # parse_seconds never returns inf or NaN
             raise ConfigError(where, "trial_timeout", data.get("trial_timeout"),
-                              "a positive duration such as 90s, 10min or 1h")
+                              "a positive duration such as 90s, 10min or 1h, at most 30 days")
     storage = data.get("storage")
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
         raise ConfigError(where, "storage", storage,
@@ -280,7 +285,7 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
         ray=ray_config,
         measure=measure,
         finetune=check.finetune(where, data.get("finetune")),
-        trials=check.integer(where, "trials", data.get("trials", 20), 1),
+        trials=check.integer(where, "trials", data.get("trials", 20), 1, cap=check.TRIALS_CAP),
         sampler=sampler,
         seed=seed,
         trial_timeout=timeout,
@@ -288,7 +293,8 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
         jobs=check.integer(where, "jobs", data.get("jobs", 1), 1, 64),
         predictor=check.predictor_switch(where, data.get("predictor", True)),
         predictor_warmup=check.integer(where, "predictor_warmup",
-                                       data.get("predictor_warmup", 30), 5),
+                                       data.get("predictor_warmup", 30), 5,
+                                       cap=check.TRIALS_CAP),
         predictor_max_skip=check.share(where, "predictor_max_skip",
                                        data.get("predictor_max_skip", 0.3)),
         keep_models=keep_models,
@@ -313,6 +319,6 @@ def resolve_space(space: str, *, study_source: str = "<dict>") -> Path:
         candidates.append(Path(study_source).parent / given)
     candidates += [PROJECT_ROOT / given, PROJECT_ROOT / "search_spaces" / f"{space}.yaml"]
     for candidate in candidates:
-        if candidate.is_file():
+        if is_file(candidate):  # a name too long is not found, not an OSError
             return candidate
     raise ConfigError(study_source, "space", space, "an existing search space file")

@@ -20,6 +20,16 @@ OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
               "peak_memory_bytes": "min"}
 
 
+# Sanity caps of integer fields, named in an error only when broken (below the floor, an error
+# still says "an integer >= 1"): each is far past any real setting and well short of the value
+# that would exhaust memory or run for ever (a batch of 1e8 samples, 1e9 timing repeats).
+CAPS = {"batch_size": 65536, "threads": 1024, "cpus_per_trial": 1024, "gpus_per_trial": 64,
+        "max_concurrent": 1024, "max_failures": 100, "warmup": 10_000, "repeats": 100_000,
+        "epochs": 10_000, "teacher_epochs": 10_000}
+TRIALS_CAP = 1_000_000
+MAX_ACCURACY_DROP = 100.0  # points: a drop of more than all of it is no limit
+
+
 FINETUNE_CHOICES = {"optimizer": ("auto", "adam", "adamw", "sgd"),
                     "schedule": ("auto", "constant", "cosine", "linear")}
 FINETUNE_RANGES = {  # field: (low, high, low included, high included, what it is)
@@ -65,7 +75,7 @@ def finetune(where: str, data: object) -> FinetuneConfig:
     values: dict[str, object] = {}
     for key, name, value in _entries(where, "finetune", data, FinetuneConfig, "a mapping"):
         if key in ("epochs", "batch_size"):
-            values[key] = integer(where, name, value, 1)
+            values[key] = integer(where, name, value, 1, cap=CAPS[key])
         elif key in FINETUNE_CHOICES:
             if value not in FINETUNE_CHOICES[key]:
                 hint = did_you_mean(str(value), FINETUNE_CHOICES[key])
@@ -80,8 +90,7 @@ def finetune(where: str, data: object) -> FinetuneConfig:
 
 def _bounded(where: str, name: str, value: object, bounds: tuple) -> float:
     low, high, with_low, with_high, what = bounds
-    number = not isinstance(value, bool) and isinstance(value, int | float)
-    if not number or not math.isfinite(value) or not (
+    if not _finite(value) or not (
             (low <= value if with_low else low < value)
             and (value <= high if with_high else value < high)):
         raise ConfigError(where, name, value, f"auto or {what}{_as_text(value)}")
@@ -99,18 +108,29 @@ def _as_text(value: object) -> str:
     return f" (YAML reads {value} as text: write it with a dot, 1.0e-4)"
 
 
-def integer(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
+def integer(where: str, name: str, value: object, low: int, high: int | None = None, *,
+            cap: int | None = None) -> int:
+    """An int in [low, high]; ``cap`` is a sanity bound, named only to a value above it."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     if not ok or (high is not None and value > high):
         bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise ConfigError(where, name, value, bound)
+    if cap is not None and value > cap:
+        raise ConfigError(where, name, value, f"an integer in [{low}, {cap}]")
     return value
 
 
 def positive_float(where: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(where, name, value, "a positive number")
+    if not _finite(value) or value <= 0:
+        raise ConfigError(where, name, value, "a positive finite number")
     return float(value)
+
+
+def _finite(value: object) -> bool:
+    """A real number that is not inf or NaN (an int too large for a float is not one either)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 1e300 and math.isfinite(value)
 
 
 def share(where: str, name: str, value: object) -> float:
@@ -143,7 +163,8 @@ def section(where: str, name: str, data: object, cls: type) -> object:
         default = getattr(defaults, key)
         full = f"{name}.{key}"
         if isinstance(default, int):
-            values[key] = integer(where, full, value, 0 if key == "gpus_per_trial" else 1)
+            values[key] = integer(where, full, value, 0 if key == "gpus_per_trial" else 1,
+                                  cap=CAPS.get(key))
         elif isinstance(default, float):
             values[key] = positive_float(where, full, value)
         elif isinstance(default, str) and not isinstance(value, str):
@@ -186,9 +207,11 @@ def budget(where: str, data: object) -> Budget:
             elif key in ("min_accuracy", "max_accuracy_drop"):
                 values[key] = float(_number(value))
             elif key in ("batch_size", "threads"):
-                values[key] = integer(where, name, value, 1)
+                values[key] = integer(where, name, value, 1, cap=CAPS[key])
             else:
                 values[key] = value
+        except ConfigError:
+            raise  # already one line naming the field (a ConfigError is a ValueError too)
         except ValueError as exc:
             raise ConfigError(where, name, value, str(exc).removeprefix("expected ")) from None
         bad_positive = key.startswith("max_") and values[key] <= 0
@@ -197,9 +220,9 @@ def budget(where: str, data: object) -> Budget:
     if "min_accuracy" in values and not 0 < values["min_accuracy"] <= 1:
         raise ConfigError(where, "budget.min_accuracy", data["min_accuracy"],
                           "a share in (0, 1], e.g. 0.95 for 95%")
-    if values.get("max_accuracy_drop", 0) < 0:
+    if not 0 <= values.get("max_accuracy_drop", 0) <= MAX_ACCURACY_DROP:
         raise ConfigError(where, "budget.max_accuracy_drop", data["max_accuracy_drop"],
-                          "points >= 0 below the teacher, e.g. 1.0")
+                          "points in [0, 100] below the teacher, e.g. 1.0")
     device = values.get("device", "cpu")
     if device not in CHOICES["device"]:
         raise ConfigError(where, "budget.device", device, "cpu or cuda")
@@ -207,6 +230,6 @@ def budget(where: str, data: object) -> Budget:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("expected a number")
+    if not _finite(value):
+        raise ValueError("expected a finite number")
     return float(value)

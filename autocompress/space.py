@@ -20,6 +20,7 @@ teacher, ``<name>.<layer>``, once :meth:`SearchSpace.for_layers` knows the layer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,7 +81,10 @@ class Dimension:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float: NaN slips past every comparison, and inf past an open bound."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 1e300 and math.isfinite(value)
 
 
 def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
@@ -121,8 +125,10 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
         if not (fits(low) and fits(high)) or low > high:
             raise fail()
         log, step = spec.get("log", False), spec.get("step")
-        if not isinstance(log, bool) or (step is not None and (not _is_number(step) or step <= 0)):
+        if not isinstance(log, bool):
             raise fail()
+        if step is not None:
+            _check_step(where, name, step, low, high, whole=param.kind == "int")
         if log and (low <= 0 or step is not None):
             raise ConfigError(where, f"{name}.log", log, "log only with low > 0 and no step")
         kind = "int" if param.kind == "int" else "float"
@@ -138,6 +144,18 @@ def _dimension(where: str, name: str, spec: object, param: Param) -> Dimension:
     if not fits(spec):
         raise fail()
     return Dimension(name, "fixed", values=(spec,))
+
+
+def _check_step(where: str, name: str, step: object, low: float, high: float, *,
+                whole: bool) -> None:
+    """A step Optuna can use: finite (``.nan`` raised decimal.InvalidOperation inside it),
+    positive, whole for an integer parameter, and not wider than the range it steps over."""
+    what = "an integer step >= 1" if whole else "a finite step > 0"
+    ok = _is_number(step) and step > 0 and (not whole or float(step).is_integer())
+    if ok and high > low and step > high - low:
+        ok, what = False, f"{what}, at most high - low ({high - low:g})"
+    if not ok:
+        raise ConfigError(where, f"{name}.step", step, what)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"

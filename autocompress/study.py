@@ -25,7 +25,7 @@ from autocompress.backends.parallel import check_picklable
 from autocompress.backends.storage import default_url, display, open_storage
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
-from autocompress.files import write_atomic
+from autocompress.files import check_output_folder, write_atomic
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
 from autocompress.report.outputs import write_report
 from autocompress.report.tables import TrialLine, describe_metrics, format_front, format_no_front
@@ -103,9 +103,8 @@ def run_study(
         raise ConfigError(config.source, "budget.device", config.measure.device,
                           "cpu: torch sees no CUDA device on this machine")
     check_memory_budget(config)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("command line" if out_dir is not None else config.source, "--out",
-                          str(out), "a folder (this is a file)")
+    check_output_folder(out, where="command line" if out_dir is not None else config.source,
+                        field="--out")
     if task is not None:
         task.check_forward(where=config.source)
         for note in task.notes:

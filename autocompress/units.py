@@ -5,6 +5,7 @@ Sizes use decimal prefixes (1 kB = 1000 bytes) and binary ones (1 KiB = 1024 byt
 
 from __future__ import annotations
 
+import math
 import re
 
 _NUMBER = r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
@@ -14,25 +15,35 @@ _BYTES = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+MAX_BYTES = 2**63  # sizes are stored as 64-bit integers
+
 _MS = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
 _SECONDS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
 def _parse(value: object, table: dict[str, float], what: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected {what}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    """The value in the table's base unit; never inf or NaN (``.inf``, ``1e400kB``), which would
+    pass every comparison with a limit, or fail each one, silently."""
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value) if abs(value) < 1e300 else math.inf  # float(10**400) raises
+    elif isinstance(value, str) and len(value) <= 100:
         match = re.fullmatch(_NUMBER + r"([A-Za-zµ]*)\s*", value)
         if match and match.group(2).lower() in table:
-            return float(match.group(1)) * table[match.group(2).lower()]
-    raise ValueError(f"expected {what}")
+            number = float(match.group(1)) * table[match.group(2).lower()]
+    if number is None or not math.isfinite(number):
+        raise ValueError("expected " + (what if number is None else
+                                         what.replace("a ", "a finite ", 1)))
+    return number
 
 
 def parse_bytes(value: object) -> int:
-    """``"100kB"`` -> 100000; plain numbers are bytes."""
-    return round(_parse(value, _BYTES, "a size such as 100kB, 1.5MB or 2048"))
+    """``"100kB"`` -> 100000; plain numbers are bytes (at most 2**63 - 1: what storage holds)."""
+    what = "a size such as 100kB, 1.5MB or 2048"
+    size = _parse(value, _BYTES, what)
+    if abs(size) >= MAX_BYTES:
+        raise ValueError(f"expected {what}, below 2**63 bytes (8 EiB)")
+    return round(size)
 
 
 def parse_ms(value: object) -> float:

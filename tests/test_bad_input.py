@@ -3,6 +3,8 @@ what is allowed; the CLI exits 2 with no traceback; no output file is created or
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -31,12 +33,12 @@ SPACE = {"prune": {"ratio": {"low": 0.0, "high": 0.9}}, "quantize": {"bits": [4,
 
 @dataclass
 class Case:
-    """A study (``study``: fields changed in BASE, or raw text), a space, and the command."""
+    """A study (``study``: fields changed in BASE, or raw text or bytes), a space, a command."""
 
     id: str
     expect: list[str]
-    study: dict | str | None = None
-    space: dict | str | None = None
+    study: dict | str | bytes | None = None
+    space: dict | str | bytes | None = None
     argv: list[str] = field(default_factory=lambda: ["search", "s.yaml"])
     needs_existing_study: bool = False
     prepare: str = ""
@@ -134,6 +136,135 @@ CLI_CASES = [
          argv=["search", "s.yaml", "--out", "sp.yaml"]),
 ]
 
+NAN, INF, SEARCH = float("nan"), float("inf"), ["search", "s.yaml"]
+BILLION_LAUGHS = "name: bad\nlol0: &l0 [" + ", ".join(['"lol"'] * 8) + "]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 8)}]\n" for i in range(1, 9))
+HOSTILE_CASES = [  # issue 18, round two: encodings, YAML abuse, numbers, flags, paths
+    # file encodings and YAML abuse (files.read_yaml)
+    Case("study-binary", ["s.yaml", "binary data", "UTF-8"], study=bytes(range(256)) * 4),
+    Case("study-utf16", ["s.yaml", "UTF-16 text", "UTF-8"], study="name: bad\n".encode("utf-16")),
+    Case("study-utf16-no-bom", ["s.yaml", "UTF-16 text"], study="name: bad\n".encode("utf-16-le")),
+    Case("study-latin1", ["s.yaml line 2", "byte 0xe9", "UTF-8"],
+         study="trials: 2\nname: caf\xe9\n".encode("latin-1")),
+    Case("space-binary", ["sp.yaml", "binary data"], space=b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+    Case("space-utf16", ["sp.yaml", "UTF-16 text"], space="prune: {ratio: 0}\n".encode("utf-16")),
+    Case("study-over-1-mb", ["s.yaml", "a file of 1100012 bytes", "at most 1000000 bytes"],
+         study="name: bad\n#" + "x" * 1_100_000 + "\n"),
+    Case("study-nested-5000-deep", ["s.yaml line 2", "nested deeper than 32 levels"],
+         study="name: bad\nx: " + "[" * 5000 + "]" * 5000 + "\n"),
+    Case("space-nested-deep-blocks", ["sp.yaml", "nested deeper than 32 levels"],
+         space="".join(" " * i + "k:\n" for i in range(1000))),
+    Case("study-billion-laughs", ["s.yaml line", "more than 10000 values (aliases expanded)"],
+         study=BILLION_LAUGHS),
+    Case("space-too-many-aliases", ["sp.yaml", "more than 64 aliases"],
+         space="x: &x 1\n" + "".join(f"y{i}: *x\n" for i in range(70))),
+    Case("study-recursive-alias", ["s.yaml line 2", "alias *a inside its own anchor"],
+         study="name: bad\nspace: &a [*a]\n"),
+    Case("study-control-character", ["s.yaml line 1", "character U+0007"], study="name: b\x07"),
+    Case("study-python-tag", ["s.yaml line 1", "could not determine a constructor"],
+         study="name: !!python/object/apply:os.system ['touch pwned']\n"),
+    Case("study-5000-digit-integer", ["s.yaml line 2", "integer written with 5000 characters"],
+         study="name: bad\nseed: " + "9" * 5000 + "\n"),
+    Case("study-past-64-bits", ["the integer 18446744073709551616"], study={"trials": 2**64}),
+    Case("study-is-a-folder", ["empty: got 'a folder'"], argv=["search", "empty"], prepare="empty"),
+    Case("study-is-a-device", ["/dev/zero", "not a regular file"], argv=["search", "/dev/zero"]),
+    Case("study-100k-key-is-cut", ["s.yaml", "xxx...", "one of"], study={"x" * 100_000: 1}),
+    Case("study-500k-name-is-cut", ["s.yaml", "name: got 'xxx", "...", "at most 128 characters"],
+         study={"name": "x" * 500_000}),
+    # numbers: finite and in range where they are read
+    Case("budget-inf-latency", ["max_latency_ms: got inf", "a finite time"],
+         study={"budget": {"max_latency_ms": INF}}),
+    Case("budget-nan-memory", ["max_memory_bytes: got nan", "a finite size"],
+         study={"budget": {"max_memory_bytes": NAN}}),
+    Case("study-space-name-too-long", ["s.yaml: space: got 'sss", "existing search space"],
+         study={"space": "s" * 300}),
+    Case("study-checkpoint-name-too-long", ["task.checkpoint: got 'ccc", "an existing file"],
+         study={"task": {**BASE["task"], "checkpoint": "c" * 300}}),
+    Case("budget-1e400kB", ["budget.max_memory_bytes: got '1e400kB'", "a finite size"],
+         study={"budget": {"max_memory_bytes": "1e400kB"}}),
+    Case("budget-size-past-64-bits", ["budget.max_memory_bytes: got '1e30TB'", "below 2**63"],
+         study={"budget": {"max_memory_bytes": "1e30TB"}}),
+    Case("budget-nan-accuracy-drop", ["budget.max_accuracy_drop: got nan", "a finite number"],
+         study={"budget": {"max_accuracy_drop": NAN}}),
+    Case("budget-drop-over-100-points", ["budget.max_accuracy_drop: got 150", "[0, 100]"],
+         study={"budget": {"max_accuracy_drop": 150}}),
+    Case("study-seed-2-to-the-32", ["s.yaml: seed: got 4294967296", "<= 4294967295"],
+         study={"seed": 2**32}),
+    Case("cli-seed-2-to-the-32", ["command line: --seed: got 4294967296", "<= 4294967295"],
+         argv=["search", "s.yaml", "--seed", str(2**32)]),
+    Case("measure-batch-1e8", ["measure.batch_size: got 100000000", "[1, 65536]"],
+         study={"measure": {"batch_size": 100_000_000}}),
+    Case("finetune-batch-1e8", ["finetune.batch_size: got 100000000", "[1, 65536]"],
+         study={"finetune": {"batch_size": 100_000_000}}),
+    Case("budget-threads-5000", ["s.yaml: budget.threads: got 5000, expected an integer in "
+                                 "[1, 1024]"],
+         study={"budget": {"threads": 5000}}),
+    Case("measure-repeats-1e9", ["measure.repeats: got 1000000000", "[1, 100000]"],
+         study={"measure": {"repeats": 10**9}}),
+    Case("ray-max-concurrent-1e6", ["ray.max_concurrent: got 1000000", "[1, 1024]"],
+         study={"ray": {"max_concurrent": 10**6}}),
+    Case("finetune-nan-lr", ["finetune.lr: got nan", "finite"], study={"finetune": {"lr": NAN}}),
+    Case("study-nan-timeout", ["trial_timeout: got nan", "duration"], study={"trial_timeout": NAN}),
+    Case("study-1e400s-timeout", ["trial_timeout: got '1e400s'", "positive duration"],
+         study={"trial_timeout": "1e400s"}),
+    Case("study-timeout-past-30-days", ["trial_timeout: got 1000000000000", "at most 30 days"],
+         study={"trial_timeout": 10**12}),
+    Case("cli-trials-1e9", ["command line: --trials: got 1000000000", "[1, 1000000]"],
+         argv=["search", "s.yaml", "--trials", "1000000000"]),
+    Case("space-nan-step", ["sp.yaml", "prune.ratio.step: got nan", "a finite step > 0"],
+         space={"prune": {"ratio": {"low": 0.0, "high": 0.9, "step": NAN}}}),
+    Case("space-inf-step", ["sp.yaml", "prune.ratio.step: got inf", "a finite step > 0"],
+         space={"prune": {"ratio": {"low": 0.0, "high": 0.9, "step": INF}}}),
+    Case("space-step-wider-than-range", ["prune.ratio.step: got 2", "at most high - low (0.5)"],
+         space={"prune": {"ratio": {"low": 0.2, "high": 0.7, "step": 2}}}),
+    Case("space-fractional-int-step", ["student.drop_layers.step: got 0.5", "integer step"],
+         space={"student": {"drop_layers": {"low": 0, "high": 2, "step": 0.5}}}),
+    Case("space-inf-high", ["sp.yaml", "prune.ratio: got", "within [0, 0.99]"],
+         space={"prune": {"ratio": {"low": 0.0, "high": INF}}}),
+    # argparse: one line and a pointer to --help, not the usage block
+    Case("cli-no-command", ["autocompress: error", "required: COMMAND", "--help"], argv=[]),
+    Case("cli-unknown-command", ["invalid choice: 'serach'", "autocompress --"], argv=["serach"]),
+    Case("cli-unknown-flag", ["unrecognized arguments: --trails"], argv=[*SEARCH, "--trails"]),
+    Case("cli-not-an-integer", ["argument --trials: invalid int value: 'many'", "search --help"],
+         argv=["search", "s.yaml", "--trials", "many"]),
+    Case("cli-5000-digit-seed-is-cut", ["argument --seed: invalid int value", "999...'"],
+         argv=["search", "s.yaml", "--seed", "9" * 5000]),
+    Case("cli-bad-choice", ["argument --backend: invalid choice: 'dask'", "--help"],
+         argv=["search", "s.yaml", "--backend", "dask"]),
+    Case("cli-study-argument-missing", ["required: STUDY.yaml", "search --help"], argv=["search"]),
+    Case("cli-export-trial-missing", ["required: --trial", "autocompress export --help"],
+         argv=["export", "s.yaml", "--out", "x"]),
+    # flags that conflict, or that the backend would ignore
+    Case("cli-address-with-optuna", ["command line: --address: got 'auto'", "--backend optuna"],
+         argv=["search", "s.yaml", "--backend", "optuna", "--address", "auto"]),
+    Case("cli-max-concurrent-on-optuna", ["--max-concurrent: got 4, expected --backend ray"],
+         argv=[*SEARCH, "--max-concurrent", "4"]),
+    Case("cli-scheduler-on-optuna", ["--scheduler: got 'fifo'"], argv=[*SEARCH, "--sched", "fifo"]),
+    Case("cli-jobs-on-ray", ["--jobs: got 4", "ray backend"],
+         argv=["search", "s.yaml", "--backend", "ray", "--jobs", "4"]),
+    Case("cli-report-folder-and-out", ["--out: got 'elsewhere'", "STUDY is a folder"],
+         argv=["report", "empty", "--out", "elsewhere"], prepare="empty"),
+    # output folders that cannot be created or written, refused before the teacher trains
+    Case("cli-out-under-proc", ["--out: got '/proc/autocompress-x'", "not under /proc or /sys"],
+         argv=["search", "s.yaml", "--out", "/proc/autocompress-x"]),
+    Case("cli-out-under-sys", ["--out: got '/sys/autocompress-x'", "not under /proc or /sys"],
+         argv=["search", "s.yaml", "--out", "/sys/autocompress-x"]),
+    Case("cli-out-below-a-file", ["--out: got 'sp.yaml/out'", "below the file"],
+         argv=["search", "s.yaml", "--out", "sp.yaml/out"]),
+    Case("cli-out-name-too-long", ["--out", "most 255 bytes"], argv=[*SEARCH, "--out", "n" * 256]),
+    Case("cli-out-path-too-long", ["--out", "shorter than 4096 bytes"],
+         argv=["search", "s.yaml", "--out", "/".join(["p" * 200] * 25)]),
+    Case("cli-out-read-only", ["--out: got 'readonly/out'", "create and write"],
+         argv=["search", "s.yaml", "--out", "readonly/out"], prepare="readonly"),
+    Case("cli-default-out-below-a-file", ["--out (not given: studies/<name>)", "below the file"],
+         prepare="studies-file"),
+    Case("validate-out-under-proc", ["--out", "not under /proc or /sys"],
+         argv=["validate", "s.yaml", "--out", "/proc/autocompress-x"]),
+    Case("export-out-below-a-file", ["--out: got 'sp.yaml/x'", "below the file"],
+         argv=["export", "existing", "--trial", "0", "--out", "sp.yaml/x"],
+         needs_existing_study=True),
+]
+
 
 @pytest.fixture(scope="module")
 def existing_study(tmp_path_factory) -> Path:
@@ -156,21 +287,30 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
 
 
-@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+ALL_CASES = CLI_CASES + HOSTILE_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
 def test_bad_input_on_the_command_line(case, tmp_path, monkeypatch, capsys, request):
     monkeypatch.chdir(tmp_path)
-    if isinstance(case.study, str):
-        Path("s.yaml").write_text(case.study)
-    else:
-        Path("s.yaml").write_text(yaml.safe_dump(_merge(BASE, case.study or {})))
+    _write("s.yaml", case.study if isinstance(case.study, str | bytes)
+           else yaml.safe_dump(_merge(BASE, case.study or {})))
     space = SPACE if case.space is None else case.space
-    Path("sp.yaml").write_text(space if isinstance(space, str) else yaml.safe_dump(space))
+    _write("sp.yaml", space if isinstance(space, str | bytes) else yaml.safe_dump(space))
     if case.needs_existing_study:
         shutil.copytree(request.getfixturevalue("existing_study"), "existing")
     if case.prepare == "empty":
         Path("empty").mkdir()
     if case.prepare == "corrupt":
         Path("existing/teacher.pt").write_bytes(b"not a checkpoint")
+    if case.prepare == "studies-file":
+        Path("studies").write_text("a file where the default output folder would go\n")
+    if case.prepare == "readonly":
+        Path("readonly").mkdir()
+        Path("readonly").chmod(0o555)
+        if os.geteuid() == 0:  # root writes through permissions: make the probe meet EROFS
+            monkeypatch.setattr("autocompress.files.tempfile.mkdtemp", _read_only_file_system)
+    had_studies = Path("studies").exists()
     before = snapshot(tmp_path)
 
     status = cli.main(case.argv)
@@ -179,11 +319,21 @@ def test_bad_input_on_the_command_line(case, tmp_path, monkeypatch, capsys, requ
     lines = captured.err.strip().splitlines()
     assert status == 2, captured.err + captured.out
     assert len(lines) == 1, captured.err
+    assert len(lines[0]) < 600, lines[0][:600]  # a hostile value is cut, never echoed whole
     for part in case.expect:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
     assert "Traceback" not in captured.err + captured.out
     assert snapshot(tmp_path) == before  # nothing created, nothing changed
-    assert not Path("studies").exists()
+    assert Path("studies").exists() == had_studies
+    assert not Path("pwned").exists()
+
+
+def _write(name: str, content: str | bytes) -> None:
+    Path(name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def _read_only_file_system(*args: object, **kwargs: object) -> str:
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
 
 def _merge(base: dict, changes: dict) -> dict:
@@ -217,6 +367,14 @@ API_CASES = [
                                                 "existing search space"]),
     ("unknown-runtime", dict(runtime="tensorrt"), ["search()", "runtime: got 'tensorrt'",
                                                    "onnxruntime"]),
+    ("seed-2-to-the-32", dict(seed=2**32), ["search()", "seed: got 4294967296", "4294967295"]),
+    ("nan-timeout", dict(trial_timeout=float("nan")), ["search()", "trial_timeout: got nan"]),
+    ("batch-1e8", dict(batch_size=10**8), ["search()", "measure.batch_size", "[1, 65536]"]),
+    ("space-nan-step", dict(space={"prune": {"ratio": {"low": 0.0, "high": 0.5,
+                                                       "step": float("nan")}}}),
+     ["search(space=...)", "prune.ratio.step: got nan"]),
+    ("huge-value-is-cut", dict(sampler="s" * 1_000_000), ["search()", "sampler: got 'sss",
+                                                          "..."]),
 ]
 
 
@@ -238,3 +396,4 @@ def test_bad_input_through_the_python_api(changes, expect, digits, mlp_teacher, 
 
 def test_the_table_is_as_large_as_promised():
     assert len(CLI_CASES) + len(API_CASES) >= 25
+    assert len(HOSTILE_CASES) >= 30  # issue 18, round two

@@ -70,6 +70,7 @@ def check_failures(study: optuna.Study, *, since: int = 0) -> None:
 
 def make_sampler(name: str, *, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     """A seeded Optuna sampler by its study-file name; all of them honour trial constraints."""
+    seed %= 2**32  # derived seeds (seed + done, seed + 7919 * worker) stay in numpy's range
     if name == "nsga2":
         population = max(4, min(50, n_trials // 3))
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
