@@ -107,7 +107,7 @@ def postgres_url() -> Iterator[str]:
             cur.execute(f"CREATE DATABASE {DATABASE}")
         conn.close()
 
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{DATABASE}"
+        yield f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}"  # the documented form
     finally:
         if (data / "postmaster.pid").exists():
             run([*pg_ctl, "-m", "immediate", "stop"])
