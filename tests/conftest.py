@@ -10,6 +10,15 @@ from autocompress.tasks import TEACHERS, load_dataset
 from autocompress.techniques.training import fit
 
 
+@pytest.fixture
+def one_thread():
+    """Small models train many times faster on one torch thread than on two shared ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")

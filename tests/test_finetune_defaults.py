@@ -27,15 +27,6 @@ OLD_FIELDS = {"lr": 1e-3, "optimizer": "adam", "schedule": "constant", "warmup":
               "weight_decay": 0.0}
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train several times faster on one thread than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("teacher_name", ["mlp_teacher", "cnn_teacher"])
 def test_small_teachers_keep_the_old_recipe_and_their_accuracy(request, digits, teacher_name):
     teacher = request.getfixturevalue(teacher_name)

@@ -66,15 +66,6 @@ def widths(model: ResidualCNN) -> dict[str, int]:
     return found
 
 
-@pytest.fixture
-def one_thread():
-    """Small convs train ~30x faster on one thread than on two shared ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_each_group_loses_exactly_round_ratio_times_its_units(digits, ratio):
     torch.manual_seed(0)

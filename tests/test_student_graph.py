@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import ctx_for
-from test_prune_groups import ResidualCNN, one_thread, widths  # noqa: F401  (a fixture)
+from test_prune_groups import ResidualCNN, widths
 from torch import nn
 
 from autocompress.errors import TrialError
