@@ -103,7 +103,7 @@ def test_the_predictor_judges_ray_trials_before_they_train(local_ray, tmp_path):
 def test_a_killed_worker_is_retried_and_the_study_completes(local_ray, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
-    config = study_from_dict({**STUDY, "name": "killed", "trials": 2, "finetune": {"epochs": 6},
+    config = study_from_dict({**STUDY, "name": "killed", "trials": 2, "finetune": {"epochs": 20},
                               "ray": {"max_concurrent": 1, "scheduler": "fifo",
                                       "max_failures": 2}})
     box: dict = {}

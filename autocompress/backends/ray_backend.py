@@ -141,6 +141,7 @@ def _searcher_class():
             self.objectives, self.constraint_names = list(objectives), list(constraint_names)
             self.stand_in, self.on_result = dict(stand_in), on_result
             self.trials: dict[str, optuna.Trial] = {}
+            self.plans: dict[str, str] = {}  # trial id -> its Plan, as JSON
             self.curves: dict[str, list[float]] = {}
             self.stop_reason = ""  # set when too many of the first trials failed
             self.since = len(study.trials)  # the number of this run's first trial
@@ -149,11 +150,16 @@ def _searcher_class():
             return True  # the objectives come from the study, not from Tune
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            """A new Optuna trial's Plan; the same one again when Tune asks again for the same
+            trial (as when it restarts a trial whose worker died), never a second trial."""
             if self.stop_reason:
                 return Searcher.FINISHED
-            trial = self.study.ask()
-            self.trials[trial_id] = trial
-            return {"plan": record.sample_plan(trial, self.space, seed=self.seed).to_json()}
+            if trial_id not in self.plans:
+                trial = self.study.ask()
+                self.trials[trial_id] = trial
+                self.plans[trial_id] = record.sample_plan(trial, self.space,
+                                                          seed=self.seed).to_json()
+            return {"plan": self.plans[trial_id]}
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: a search resumes from the study's storage, not from Tune."""
