@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from postgres_server import postgres_url  # noqa: F401  (session fixture, see its docstring)
 
 from autocompress.tasks import TEACHERS, load_dataset
 from autocompress.techniques.training import fit
+
+# Nothing reaches the network during tests: a closed network that drops packets instead of
+# refusing them would turn a hub lookup or a usage report into a long hang.
+for _name, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                      "HF_HUB_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture

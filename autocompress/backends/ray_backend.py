@@ -214,6 +214,7 @@ def _searcher_class():
 def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:
     """Join ``address`` (a running cluster) or start a local Ray; quiet, no dashboard."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter is silent at verbose 0
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     ray, _ = _ray()
     if ray.is_initialized():
         return
