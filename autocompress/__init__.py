@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from autocompress.api import search
+from autocompress.api import search, search_lm
 from autocompress.budget import Budget
 from autocompress.config import StudyConfig, load_study, study_from_dict
 from autocompress.errors import (
@@ -64,6 +64,7 @@ __all__ = [
     "run_study",
     "run_trial",
     "search",
+    "search_lm",
     "shipped_spaces",
     "study_from_dict",
     "validate_study",

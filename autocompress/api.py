@@ -113,3 +113,70 @@ def _with_shortcuts(section: str, given: Mapping[str, Any] | None,
                               f"{key}={value!r} disagree")
         merged[key] = value
     return merged
+
+
+def search_lm(
+    teacher: nn.Module,
+    *,
+    train: Any,
+    calibration: Any,
+    val: Any,
+    test: Any = None,
+    tokenizer: Any = None,
+    sequence_length: int = 256,
+    space: str | Path | Mapping[str, Any] | SearchSpace = "llm",
+    name: str = "custom_lm",
+    out_dir: str | Path | None = None,
+    trials: int = 12,
+    seed: int = 0,
+    sampler: str = "tpe",
+    objectives: Mapping[str, str] | None = None,
+    budget: Mapping[str, Any] | Budget | None = None,
+    measure: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+    runtime: str | None = None,
+    progress: Progress = print,
+    **study: Any,
+) -> StudyOutcome:
+    """Search compressed versions of a causal language model (a Hugging Face ``*ForCausalLM``).
+
+    Each split is an ``(N, L)`` int64 tensor of token ids, or text (a string or a list of
+    documents) cut by ``tokenizer`` into sequences of ``sequence_length`` tokens: ``train`` for
+    distillation, ``calibration`` for pruning, quantization and importance, ``val`` for the
+    perplexity the search sees, ``test`` for the one the report shows. Keep the splits' documents
+    apart. The space defaults to ``search_spaces/llm.yaml``; objectives to perplexity, decode
+    tokens per second and stored bytes; budgets such as ``{"max_perplexity_increase": "10%"}``.
+
+    >>> outcome = autocompress.search_lm(model, tokenizer=tok, train=books[:12],  # doctest: +SKIP
+    ...     calibration=books[12:14], val=books[14:16], test=books[16:], trials=8)
+    """
+    from autocompress.llm.task import LMTask
+    from autocompress.llm.text import token_sequences
+
+    def tokens(split: str, data: Any) -> Any:
+        if data is None or isinstance(data, torch.Tensor):
+            return data
+        if tokenizer is None:
+            raise ConfigError("search_lm()", split, type(data).__name__,
+                              "an (N, L) int64 tensor of token ids, or text with tokenizer=")
+        texts = [data] if isinstance(data, str) else list(data)
+        return token_sequences(tokenizer, texts, sequence_length)
+
+    fields: dict[str, Any] = {"name": name, "trials": trials, "seed": seed, "sampler": sampler,
+                              "task": "causal_lm", "predictor": False, **study}
+    if objectives is not None:
+        fields["objectives"] = dict(objectives)
+    if budget is not None:
+        fields["budget"] = budget.to_dict() if isinstance(budget, Budget) else dict(budget)
+    fields["measure"] = _with_shortcuts(
+        "measure", measure, {"threads": threads, "runtime": runtime},
+        defaults={"threads": 1, "runtime": "torch"})
+    config = study_from_dict(fields, where="search_lm()")
+    if isinstance(space, Mapping):
+        space = SearchSpace.from_dict(space, where="search_lm(space=...)")
+    elif not isinstance(space, SearchSpace):
+        space = SearchSpace.from_yaml(resolve_space(str(space), study_source="search_lm()"))
+    task = LMTask(name, teacher.eval(), tokens("train", train),
+                  tokens("calibration", calibration), tokens("val", val), tokens("test", test),
+                  tokenizer=tokenizer)
+    return run_study(config, task=task, space=space, out_dir=out_dir, progress=progress)

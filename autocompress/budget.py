@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from autocompress.units import format_bytes
 
 LIMITS = ("max_latency_ms", "max_memory_bytes", "max_peak_memory_bytes", "min_accuracy",
-          "max_accuracy_drop")
+          "max_accuracy_drop", "max_perplexity", "max_perplexity_increase")
 CONSTRAINT_OF = {
     "max_latency_ms": "latency_ms",
     "max_memory_bytes": "memory_bytes",
@@ -31,6 +31,8 @@ class Budget:
     max_peak_memory_bytes: int | None = None
     min_accuracy: float | None = None
     max_accuracy_drop: float | None = None
+    max_perplexity: float | None = None           # a language model's, on the validation text
+    max_perplexity_increase: float | None = None  # a share over the teacher's: 0.1 = +10%
     batch_size: int | None = None
     threads: int | None = None
     device: str = "cpu"
@@ -48,14 +50,26 @@ class Budget:
             floors.append(teacher_accuracy - self.max_accuracy_drop / 100.0)
         return max(floors) if floors else None
 
+    def perplexity_ceiling(self, teacher_perplexity: float | None) -> float | None:
+        """The highest acceptable perplexity: the tighter of the two perplexity limits."""
+        ceilings = []
+        if self.max_perplexity is not None:
+            ceilings.append(self.max_perplexity)
+        if self.max_perplexity_increase is not None and teacher_perplexity is not None:
+            ceilings.append(teacher_perplexity * (1.0 + self.max_perplexity_increase))
+        return min(ceilings) if ceilings else None
+
     def constraint_names(self) -> list[str]:
         names = [CONSTRAINT_OF[k] for k in CONSTRAINT_OF if getattr(self, k) is not None]
         if self.min_accuracy is not None or self.max_accuracy_drop is not None:
             names.append("accuracy")
+        if self.max_perplexity is not None or self.max_perplexity_increase is not None:
+            names.append("perplexity")
         return names
 
     def constraints(
-        self, metrics: Mapping[str, float], teacher_accuracy: float | None = None
+        self, metrics: Mapping[str, float], teacher_accuracy: float | None = None, *,
+        teacher_perplexity: float | None = None,
     ) -> dict[str, float]:
         """Amount over each limit (``<= 0`` inside it) for the metrics that are known."""
         values = {}
@@ -66,6 +80,9 @@ class Budget:
         floor = self.accuracy_floor(teacher_accuracy)
         if floor is not None and "accuracy" in metrics:
             values["accuracy"] = floor - float(metrics["accuracy"])
+        ceiling = self.perplexity_ceiling(teacher_perplexity)
+        if ceiling is not None and "perplexity" in metrics:
+            values["perplexity"] = float(metrics["perplexity"]) - ceiling
         return values
 
     def to_dict(self) -> dict[str, object]:
@@ -87,6 +104,10 @@ class Budget:
             floor = self.accuracy_floor(teacher_accuracy) if teacher_accuracy else None
             extra = f" (>= {100 * floor:.2f}%)" if floor is not None else ""
             lines.append(f"accuracy drop <= {self.max_accuracy_drop:g} points{extra}")
+        if self.max_perplexity is not None:
+            lines.append(f"perplexity <= {self.max_perplexity:g}")
+        if self.max_perplexity_increase is not None:
+            lines.append(f"perplexity increase <= {100 * self.max_perplexity_increase:g}%")
         return lines
 
 

@@ -40,6 +40,7 @@ BACKENDS = ("optuna", "ray")
 KEEP_MODELS = ("front", "all", "none")
 KEEP_LAST = 10  # with keep_models: front, the weights of the last trials are kept too
 DEFAULT_OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+LM_OBJECTIVES = {"perplexity": "min", "tokens_per_s": "max", "memory_bytes": "min"}
 MAX_SEED = 2**32 - 1          # numpy's and Optuna's samplers take seeds in [0, 2**32 - 1]
 MAX_TRIAL_TIMEOUT = 30 * 86400.0  # seconds; setitimer overflows near 1e11, NaN never fires
 MAX_NAME = 128                # a folder and an Optuna study name (SQL column of 512)
@@ -47,10 +48,25 @@ MAX_NAME = 128                # a folder and an Optuna study name (SQL column of
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """A built-in task. ``kind: causal_lm`` (or ``task: causal_lm``) is the language-model task:
+    the text cut into sequences of ``sequence_length`` tokens, so many per split."""
+
+    kind: str = "classification"
     dataset: str = "mnist5k"
     teacher: str = "lenet300"
     teacher_epochs: int = 15
     checkpoint: str | None = None  # trained weights of the teacher (a state_dict) to use as is
+    sequence_length: int = 256
+    train_sequences: int = 256
+    calibration_sequences: int = 32
+    validation_sequences: int = 32
+    test_sequences: int = 32
+
+
+TASK_KINDS = ("classification", "causal_lm")
+LM_DATASETS, LM_TEACHERS = ("gutenberg",), ("smollm2",)
+LM_DEFAULTS = {"kind": "causal_lm", "dataset": "gutenberg", "teacher": "smollm2"}
+LM_SPACE = "search_spaces/llm.yaml"
 
 
 @dataclass(frozen=True)
@@ -61,8 +77,10 @@ class MeasureConfig:
     threads: int = 1
     warmup: int = 10
     repeats: int = 50
-    runtime: str = "onnxruntime"
+    runtime: str = "onnxruntime"   # a causal LM: torch (the default there) or torch-int8
     device: str = "cpu"
+    prompt_length: int = 128       # a causal LM's prefill prompt (tokens)
+    new_tokens: int = 32           # and the tokens it decodes with the KV cache
 
 
 @dataclass(frozen=True)
@@ -149,8 +167,16 @@ def _plain(value: object) -> object:
 
 
 def _task(where: str, data: object) -> TaskConfig:
+    if data == "causal_lm":
+        data = dict(LM_DEFAULTS)
+    elif isinstance(data, Mapping) and data.get("kind") == "causal_lm":
+        data = {**LM_DEFAULTS, **data}
     task = check.section(where, "task", data, TaskConfig)
-    for key, allowed in (("dataset", DATASETS), ("teacher", TEACHERS)):
+    if task.kind not in TASK_KINDS:
+        raise ConfigError(where, "task.kind", task.kind, f"one of {', '.join(TASK_KINDS)}")
+    lm = task.kind == "causal_lm"
+    for key, allowed in (("dataset", LM_DATASETS if lm else DATASETS),
+                         ("teacher", LM_TEACHERS if lm else TEACHERS)):
         value = getattr(task, key)
         if value not in allowed:
             hint = did_you_mean(str(value), allowed)
@@ -194,6 +220,23 @@ def _with_runtime(where: str, data: Mapping) -> object:
     if measure and "runtime" in measure:
         raise ConfigError(where, "runtime", data["runtime"], "runtime in one place only")
     return {**(measure or {}), "runtime": data["runtime"]}
+
+
+def _lm_runtime(where: str, data: Mapping, measure: MeasureConfig) -> MeasureConfig:
+    """A causal LM runs in torch (float or int8 kernels); the other tasks export to ONNX."""
+    task = data.get("task")
+    lm = task == "causal_lm" or (isinstance(task, Mapping) and task.get("kind") == "causal_lm")
+    given = (isinstance(data.get("measure"), Mapping) and "runtime" in data["measure"]) \
+        or "runtime" in data
+    if lm and not given:
+        return replace(measure, runtime="torch")
+    if lm and measure.runtime == "onnxruntime":
+        raise ConfigError(where, "runtime", measure.runtime,
+                          "torch or torch-int8 for a causal_lm task (generation runs in torch)")
+    if not lm and measure.runtime == "torch-int8":
+        raise ConfigError(where, "runtime", measure.runtime,
+                          "onnxruntime or torch (torch-int8 is the causal_lm task's)")
+    return measure
 
 
 def study_from_dict(
@@ -251,7 +294,8 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
     if backend not in BACKENDS:
         raise ConfigError(where, "backend", backend, "optuna or ray")
     ray_config = check.section(where, "ray", data.get("ray"), RayConfig)
-    measure = check.section(where, "measure", _with_runtime(where, data), MeasureConfig)
+    measure = _lm_runtime(where, data, check.section(where, "measure", _with_runtime(where, data),
+                                                     MeasureConfig))
     measure = _measure_under_budget(where, measure, budget)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -274,11 +318,21 @@ def _build(data: object, *, where: str, default_name: str) -> StudyConfig:
     if keep_models not in KEEP_MODELS:
         raise ConfigError(where, "keep_models", keep_models,
                           "front (the front's weights and the last few trials'), all or none")
+    task = _task(where, data.get("task"))
+    if task.kind == "causal_lm" and "space" not in data:
+        space = LM_SPACE
+    objectives = check.objectives(where, data.get("objectives", dict(
+        LM_OBJECTIVES if task.kind == "causal_lm" else DEFAULT_OBJECTIVES)))
+    lm_only = [name for name in objectives if name in check.LM_ONLY]
+    if lm_only and task.kind != "causal_lm":
+        raise ConfigError(where, f"objectives.{lm_only[0]}", objectives[lm_only[0]],
+                          "accuracy, latency_ms, memory_bytes or peak_memory_bytes (perplexity "
+                          "and tokens_per_s are measured for task: causal_lm)")
     return StudyConfig(
         name=name,
-        task=_task(where, data.get("task")),
+        task=task,
         space=space,
-        objectives=check.objectives(where, data.get("objectives", dict(DEFAULT_OBJECTIVES))),
+        objectives=objectives,
         budget=budget,
         pruner=pruner,
         backend=backend,

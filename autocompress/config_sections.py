@@ -14,10 +14,11 @@ from autocompress.budget import Budget
 from autocompress.errors import ConfigError, did_you_mean, unknown_key_error
 from autocompress.units import parse_bytes, parse_ms
 
-CHOICES = {"runtime": ("onnxruntime", "torch"), "device": ("cpu", "cuda"),
+CHOICES = {"runtime": ("onnxruntime", "torch", "torch-int8"), "device": ("cpu", "cuda"),
            "scheduler": ("asha", "fifo")}
 OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
-              "peak_memory_bytes": "min"}
+              "peak_memory_bytes": "min", "perplexity": "min", "tokens_per_s": "max"}
+LM_ONLY = ("perplexity", "tokens_per_s")  # objectives only a causal-LM task measures
 
 
 # Sanity caps of integer fields, named in an error only when broken (below the floor, an error
@@ -25,7 +26,10 @@ OBJECTIVES = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min",
 # that would exhaust memory or run for ever (a batch of 1e8 samples, 1e9 timing repeats).
 CAPS = {"batch_size": 65536, "threads": 1024, "cpus_per_trial": 1024, "gpus_per_trial": 64,
         "max_concurrent": 1024, "max_failures": 100, "warmup": 10_000, "repeats": 100_000,
-        "epochs": 10_000, "teacher_epochs": 10_000}
+        "epochs": 10_000, "teacher_epochs": 10_000, "prompt_length": 8192,
+        "new_tokens": 8192, "sequence_length": 8192, "train_sequences": 1_000_000,
+        "calibration_sequences": 100_000, "validation_sequences": 100_000,
+        "test_sequences": 100_000}
 TRIALS_CAP = 1_000_000
 MAX_ACCURACY_DROP = 100.0  # points: a drop of more than all of it is no limit
 
@@ -204,8 +208,10 @@ def budget(where: str, data: object) -> Budget:
                 values[key] = parse_ms(value)
             elif key in ("max_memory_bytes", "max_peak_memory_bytes"):
                 values[key] = parse_bytes(value)
-            elif key in ("min_accuracy", "max_accuracy_drop"):
+            elif key in ("min_accuracy", "max_accuracy_drop", "max_perplexity"):
                 values[key] = float(_number(value))
+            elif key == "max_perplexity_increase":
+                values[key] = _share_or_percent(value)
             elif key in ("batch_size", "threads"):
                 values[key] = integer(where, name, value, 1, cap=CAPS[key])
             else:
@@ -227,6 +233,16 @@ def budget(where: str, data: object) -> Budget:
     if device not in CHOICES["device"]:
         raise ConfigError(where, "budget.device", device, "cpu or cuda")
     return Budget(**values)
+
+
+def _share_or_percent(value: object) -> float:
+    """``10%`` or ``0.1``: a relative increase, as a share."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            value = float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            raise ValueError("expected a share such as 0.1 or a percentage such as 10%") from None
+    return _number(value)
 
 
 def _number(value: object) -> float:

@@ -9,8 +9,11 @@ differ by no more than the larger of their measured noises, neither is better on
 Hypervolume is computed on normalised objectives, each scaled so the reference point is 1:
 ``latency_ms / ref``, ``memory_bytes / ref`` (and peak memory), and for accuracy
 ``(1 - accuracy) / (1 - ref_accuracy)``. The reference comes from the budget's limits; without a
-budget it is the teacher's latency and sizes and an accuracy of 0. A point beyond the reference on
-any objective adds nothing. So 1.0 would be a perfect model (zero error, no time, no bytes).
+budget it is the teacher's latency and sizes and an accuracy of 0. A language model's perplexity
+is ``perplexity / ref`` (the budget's ceiling, else twice the teacher's), and a rate to maximise
+(``tokens_per_s``) enters as ``ref / rate`` (the teacher's rate), a time per token. A point beyond
+the reference on any objective adds nothing. So 1.0 would be a perfect model (zero error, no
+time, no bytes).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-NOISY = {"latency_ms": "latency_noise_ms"}
+NOISY = {"latency_ms": "latency_noise_ms", "tokens_per_s": "tokens_per_s_noise"}
 
 
 def as_minimise(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -94,6 +97,8 @@ def normalise(
         for name in objectives:
             if name == "accuracy":
                 row.append((1.0 - m[name]) / max(1e-12, 1.0 - reference[name]))
+            elif objectives[name] == "max":  # a rate (tokens per second): the time per unit
+                row.append(reference[name] / max(1e-12, m[name]))
             else:
                 row.append(m[name] / max(1e-12, reference[name]))
         rows.append(row)
@@ -108,6 +113,9 @@ def reference_point(objectives: Mapping[str, str], teacher: Mapping[str, float],
         if name == "accuracy":
             floor = budget.accuracy_floor(teacher.get("accuracy")) if budget else None
             ref[name] = floor if floor is not None else 0.0
+        elif name == "perplexity":  # the budget's ceiling, else twice the teacher's
+            ceiling = budget.perplexity_ceiling(teacher.get("perplexity")) if budget else None
+            ref[name] = ceiling if ceiling is not None else 2.0 * teacher.get("perplexity", 1.0)
         else:
             limit = getattr(budget, f"max_{name}", None) if budget else None
             ref[name] = float(limit) if limit is not None else float(teacher.get(name, 1.0))
@@ -144,8 +152,9 @@ class ParetoFront:
         if isinstance(under, Mapping):
             under = Budget(**under)
         fits = [m for m in self.members
-                if under is None or feasible(under.constraints(m.metrics,
-                                                               self.teacher.get("accuracy")))]
+                if under is None or feasible(under.constraints(
+                    m.metrics, self.teacher.get("accuracy"),
+                    teacher_perplexity=self.teacher.get("perplexity")))]
         if not fits:
             return None
         sign = -1.0 if self.objectives.get(by, "max" if by == "accuracy" else "min") == "max" \

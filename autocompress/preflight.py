@@ -100,11 +100,25 @@ def _output(model: nn.Module, task: Task) -> torch.Tensor:
     return model.eval()(task.example_input)
 
 
+def check_lm_space(space: SearchSpace) -> SearchSpace:
+    """A causal-LM space holds lm_* sections only: the classification techniques (students
+    built by tracing, epochs of fine-tuning on labels) do not apply to a decoder LM."""
+    if not space.for_language_models:
+        raise ConfigError(space.source, "space", "a classification space",
+                          "lm_student, lm_distill, lm_prune and lm_quantize sections for task: "
+                          "causal_lm (see search_spaces/llm.yaml)")
+    return space
+
+
 def check_space(space: SearchSpace, task: Task, finetune: FinetuneConfig, *,
                 progress: Callable[[str], None]) -> SearchSpace:
     """``space`` with every structural value built once on the teacher; a value that cannot
     apply is refused (ConfigError naming the space file and the parameter) or, in a shipped
     space, dropped with a note through ``progress``."""
+    if space.for_language_models:
+        raise ConfigError(space.source, "space", "a language-model space (lm_* sections)",
+                          "the sections of a classification task (student, transformer, prune, "
+                          "quantize, distill); lm_* sections are for task: causal_lm")
     shipped = _is_shipped(space.source)
     failed: dict[str, list[tuple[Choice, str]]] = {}
     extreme_problem = None

@@ -159,6 +159,7 @@ def _check_step(where: str, name: str, step: object, low: float, high: float, *,
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"
+LM_PREFIX = "lm_"
 
 
 def shipped_spaces(folder: Path = SHIPPED) -> list[tuple[str, str]]:
@@ -204,7 +205,22 @@ class SearchSpace:
                 dims[name] = _dimension(where, name, spec, known[name])
                 for value in dims[name].values:  # a provider's choices only where it imports
                     providers.require(where, name, value)
+        # A language model's space (lm_* sections) and a classifier's do not mix: each holds
+        # its own family's parameters only, so neither's plans carry the other's defaults.
+        lm = [str(s) for s in data if str(s).startswith(LM_PREFIX)]
+        if lm and len(lm) < len(data):
+            other = next(str(s) for s in data if not str(s).startswith(LM_PREFIX))
+            raise ConfigError(where, other, "beside lm_* sections",
+                              "the sections of one kind of task: lm_* for task: causal_lm, "
+                              "the others for classifiers")
+        dims = {name: dim for name, dim in dims.items()
+                if name.startswith(LM_PREFIX) == bool(lm)}
         return cls(dims, source=where)
+
+    @property
+    def for_language_models(self) -> bool:
+        """Whether this is a causal-LM space (``lm_*`` sections)."""
+        return any(name.startswith(LM_PREFIX) for name in self.dimensions)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:

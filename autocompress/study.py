@@ -26,6 +26,8 @@ from autocompress.backends.storage import default_url, display, open_storage
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import check_output_folder, write_atomic
+from autocompress.llm.choices import LINEAR_KINDS
+from autocompress.llm.task import builtin_lm_task, is_lm
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
 from autocompress.report.outputs import write_report
 from autocompress.report.tables import TrialLine, describe_metrics, format_front, format_no_front
@@ -130,9 +132,13 @@ def run_study(
         storage = open_storage(url, where=storage_where, field=storage_field)
         check_settings(storage, config.name, settings, where=config.source)
     if task is None:
-        task = builtin_task(config, out, progress)
-    space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
-    space = preflight.check_space(space, task, config.finetune, progress=progress)
+        task = (builtin_lm_task(config, progress) if config.task.kind == "causal_lm"
+                else builtin_task(config, out, progress))
+    if is_lm(task):  # per-layer choices of a language model: one per kind of linear layer
+        space = preflight.check_lm_space(space.for_layers(list(LINEAR_KINDS)))
+    else:
+        space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
+        space = preflight.check_space(space, task, config.finetune, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or open_storage(url, where=storage_where, field=storage_field)
     study = open_study(  # refuses a stored study of this name with other settings
@@ -229,7 +235,13 @@ def keep_models(out: Path, results: list[TrialResult], front: ParetoFront, polic
 def measure_teacher(task: Task, config: StudyConfig, out: Path, *, need_peak: bool = False
                     ) -> dict[str, float]:
     """The teacher's figures, measured as the trials are, saved in ``teacher.json``."""
-    metrics, measurement = measure_model(task.teacher, task, config.measure, need_peak=need_peak)
+    if is_lm(task):
+        from autocompress.llm.trial import measure_lm_teacher
+
+        metrics, measurement = measure_lm_teacher(task, config.measure, need_peak=need_peak)
+    else:
+        metrics, measurement = measure_model(task.teacher, task, config.measure,
+                                             need_peak=need_peak)
     card = out / "teacher.json"
     saved: dict[str, Any] = json.loads(card.read_text()) if card.is_file() else {}
     saved.update(metrics)

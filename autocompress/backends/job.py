@@ -49,6 +49,12 @@ class TrialSettings:
         """:func:`run_trial` with these settings (``threads`` overrides the measured count)."""
         measure = (self.measure if threads is None
                    else dataclasses.replace(self.measure, threads=threads))
+        if getattr(task, "kind", "") == "causal_lm":  # its own steps: no epochs, no predictor
+            from autocompress.llm.trial import run_lm_trial
+
+            return run_lm_trial(plan, task, measure=measure, budget=self.budget,
+                                teacher_metrics=self.teacher_metrics,
+                                need_peak=self.need_peak, timeout_s=self.timeout_s)
         return run_trial(plan, task, teacher_outputs=outputs, finetune=self.finetune,
                          measure=measure, budget=self.budget,
                          teacher_metrics=dict(self.teacher_metrics), need_peak=self.need_peak,
@@ -94,7 +100,11 @@ class SearchJob:
                              warmup=config.predictor_warmup,
                              max_skip_share=config.predictor_max_skip, seed=config.seed)
 
-    def teacher_outputs(self) -> TeacherOutputs:
+    def teacher_outputs(self) -> TeacherOutputs | None:
+        """The teacher's outputs on the training split, for distillation; a language model's
+        (tens of GB of logits over a 49k vocabulary) are computed per batch instead."""
+        if getattr(self.task, "kind", "") == "causal_lm":
+            return None
         return TeacherOutputs.of(self.task.teacher, self.task.train.x)
 
 

@@ -16,7 +16,8 @@ from autocompress.result import TrialCounts
 from autocompress.units import format_bytes
 
 LABELS = {"accuracy": "validation accuracy", "latency_ms": "latency (ms)",
-          "memory_bytes": "stored size (bytes)", "peak_memory_bytes": "peak memory (bytes)"}
+          "memory_bytes": "stored size (bytes)", "peak_memory_bytes": "peak memory (bytes)",
+          "perplexity": "validation perplexity", "tokens_per_s": "decode tokens/s"}
 LIMIT_OF = {"latency_ms": "max_latency_ms", "memory_bytes": "max_memory_bytes",
             "peak_memory_bytes": "max_peak_memory_bytes"}
 

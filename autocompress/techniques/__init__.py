@@ -36,4 +36,8 @@ def parameters() -> dict[str, Param]:
             found[name] = replace(param, values=param.values + added) if added else param
             for extra in providers.parameters(name):
                 found[f"{section}.{extra.name}"] = extra
+    from autocompress.llm.choices import SECTIONS as LM_SECTIONS  # a causal LM's own steps
+
+    for section, params in LM_SECTIONS.items():
+        found.update({f"{section}.{param.name}": param for param in params})
     return found
