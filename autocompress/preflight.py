@@ -100,14 +100,33 @@ def _output(model: nn.Module, task: Task) -> torch.Tensor:
     return model.eval()(task.example_input)
 
 
-def check_lm_space(space: SearchSpace) -> SearchSpace:
-    """A causal-LM space holds lm_* sections only: the classification techniques (students
-    built by tracing, epochs of fine-tuning on labels) do not apply to a decoder LM."""
+def check_lm_space(space: SearchSpace, layers: int, *,
+                   progress: Callable[[str], None]) -> SearchSpace:
+    """A causal-LM space holds lm_* sections only (the classification techniques, students built
+    by tracing and epochs of fine-tuning on labels, do not apply to a decoder LM), and drops
+    fewer decoder layers than the teacher's ``layers``: more is refused, or dropped with a note
+    from a shipped space, before the first trial."""
     if not space.for_language_models:
         raise ConfigError(space.source, "space", "a classification space",
                           "lm_student, lm_distill, lm_prune and lm_quantize sections for task: "
                           "causal_lm (see search_spaces/llm.yaml)")
-    return space
+    name = "lm_student.drop_layers"
+    dim = space.dimensions.get(name)
+    if dim is None:
+        return space
+    values = dim.values if dim.kind != "int" else (int(dim.low), int(dim.high))
+    over = [v for v in values if int(v) >= layers]
+    if not over:
+        return space
+    if not _is_shipped(space.source):
+        raise ConfigError(space.source, name, over[0],
+                          f"fewer layers than the teacher's {layers} decoder layers")
+    progress(f"pre-flight: {name} {', '.join(map(str, over))} dropped from the shipped space: "
+             f"the teacher has {layers} decoder layers")
+    if dim.kind == "int":
+        return SearchSpace({**space.dimensions, name: dataclasses.replace(
+            dim, high=layers - 1)}, source=space.source)
+    return _without(space, name, over)
 
 
 def check_space(space: SearchSpace, task: Task, finetune: FinetuneConfig, *,

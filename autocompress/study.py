@@ -26,6 +26,7 @@ from autocompress.backends.storage import default_url, display, open_storage
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import check_output_folder, write_atomic
+from autocompress.llm.calibrate import decoder_layers
 from autocompress.llm.choices import LINEAR_KINDS
 from autocompress.llm.task import builtin_lm_task, is_lm
 from autocompress.pareto import ParetoFront, hypervolume_history, pareto_front
@@ -135,7 +136,8 @@ def run_study(
         task = (builtin_lm_task(config, progress) if config.task.kind == "causal_lm"
                 else builtin_task(config, out, progress))
     if is_lm(task):  # per-layer choices of a language model: one per kind of linear layer
-        space = preflight.check_lm_space(space.for_layers(list(LINEAR_KINDS)))
+        space = preflight.check_lm_space(space.for_layers(list(LINEAR_KINDS)),
+                                         len(decoder_layers(task.teacher)), progress=progress)
     else:
         space = space.for_layers([name for name, _ in weight_layers(task.teacher)])
         space = preflight.check_space(space, task, config.finetune, progress=progress)

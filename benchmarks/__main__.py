@@ -32,6 +32,7 @@ ON_THEIR_OWN = {
     "any_model": "benchmarks.any_model",  # an 11M-parameter teacher: about an hour in full
     "front_vs_teacher": "benchmarks.front_vs_teacher",
     "ray_speedup": "benchmarks.ray_speedup",
+    "llm": "benchmarks.llm",  # SmolLM2-135M: about an hour in full, half an hour quick
 }
 BENCHMARKS = {**SUITE, **ON_THEIR_OWN}  # every benchmark: each has main(size) -> Headline
 

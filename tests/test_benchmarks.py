@@ -32,6 +32,11 @@ class Expect:
 
 
 EXPECTED = {
+    "llm": Expect(
+        ("technique alone", "val ppl", "test ppl"),
+        ("magnitude 50%", "Wanda 50%", "SparseGPT 50%", "RTN 3-bit g128", "GPTQ 3-bit g128",
+         "joint", "pruning only", "quantization only", "depth only"),
+        frozenset({"smaller_within_10pct", "faster_within_20pct", "joint_hypervolume"})),
     "controller": Expect(
         ("ms per trial", "of a quickstart trial"),
         ("trivial objective, 10 trials", "trivial objective, 20 trials",
@@ -79,7 +84,8 @@ EXPECTED = {
          "Ray, 2 trials at a time"),
         frozenset({"ray_2_vs_serial_1_thread", "ray_2_vs_serial", "ray_startup_s"})),
 }
-NEEDS = {"nni": "nni", "ray_speedup": "ray"}  # optional dependency of a benchmark
+# optional dependency of a benchmark
+NEEDS = {"nni": "nni", "ray_speedup": "ray", "llm": "transformers"}
 NUMBER = re.compile(r"\d+\.\d+")
 
 

@@ -117,3 +117,13 @@ def test_a_classification_space_on_a_language_model_is_refused_before_any_work(t
         autocompress.search_lm(tiny_llama(), **_task_tokens(), space="default", trials=1,
                                out_dir=tmp_path / "out", progress=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_dropping_as_many_layers_as_the_teacher_has_is_refused_before_any_work(tmp_path):
+    import autocompress
+
+    with pytest.raises(ConfigError, match=r"lm_student\.drop_layers: got 3, expected fewer"):
+        autocompress.search_lm(tiny_llama(layers=3), **_task_tokens(),
+                               space={"lm_student": {"drop_layers": [1, 3]}}, trials=1,
+                               out_dir=tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()

@@ -179,3 +179,27 @@ def test_ray_stops_when_most_of_the_first_trials_fail(local_ray, tmp_path):
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert 6 <= len(trials) < 14 and (trials["state"] == "failed").all()
     assert trials["reason"].str.contains("trial_timeout").all()
+
+
+def test_a_language_model_study_runs_on_ray_as_on_optuna(local_ray, tmp_path):
+    """The causal-LM task through the Ray backend: one CPU per trial, results in the storage."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_tiny import tiny_llama, token_batch
+
+    outcome = autocompress.search_lm(
+        tiny_llama(layers=3), train=token_batch(8, 16, seed=1),
+        calibration=token_batch(4, 16, seed=2), val=token_batch(4, 16, seed=3),
+        space={"lm_prune": {"method": ["wanda", "sparsegpt"], "ratio": [0.25, 0.5]},
+               "lm_quantize": {"bits": [4, 32], "group_size": [32]}},
+        trials=3, sampler="random", seed=1, backend="ray",
+        ray={"max_concurrent": 2, "scheduler": "fifo"},
+        measure={"warmup": 1, "repeats": 3, "prompt_length": 8, "new_tokens": 4},
+        out_dir=tmp_path, progress=None)
+    assert len(outcome.results) == 3
+    assert all(r.ok for r in outcome.results), [r.reason for r in outcome.results]
+    study = optuna.load_study(study_name="custom_lm", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for trial in study.trials:
+        assert {"perplexity", "tokens_per_s", "memory_bytes", "node"} <= set(trial.user_attrs)
+        assert trial.user_attrs["measurement"]["latency"]["threads"] == 1  # cpus_per_trial
+    assert {r.metrics["sparsity"] > 0.2 for r in outcome.results} == {True}
