@@ -33,6 +33,7 @@ from autocompress.files import write_atomic
 from autocompress.measure import pack_model
 from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
 from autocompress.plan import Plan
+from autocompress.report.folder import read_study_record
 from autocompress.tasks import Task
 from autocompress.tasks.teacher import builtin_task
 from autocompress.techniques.common import bake
@@ -101,7 +102,10 @@ def rebuild(folder: Path, trial_number: int, task: Task | None = None
             ) -> tuple[nn.Module, Task, dict, dict]:
     """(model with the trial's weights, task, recorded metrics, study record). A study run
     through the Python API needs its ``task`` (same teacher and data: checked)."""
-    record = json.loads((folder / "study.json").read_text())
+    record = read_study_record(folder)
+    if (record.get("task") or {}).get("kind") == "causal_lm":
+        raise ExportError("export of causal_lm trials is not supported yet: the trial's packed "
+                          "model is models/trial_N.acpk (autocompress.llm.store.unpack reads it)")
     if not record.get("task") and task is None:
         raise ExportError("this study's teacher came through the Python API: export it there "
                           "(outcome.export(...), or autocompress.export_trial(folder, trial, "
@@ -132,7 +136,13 @@ def rebuild(folder: Path, trial_number: int, task: Task | None = None
     ctx = make_context(task, None, FinetuneConfig(**record.get("finetune", {})))
     model = final_form(build_compressed(plan, ctx), ctx)
     model = bake(model) if any(hasattr(m, "parametrizations") for m in model.modules()) else model
-    model.load_state_dict(packing.unpack_state_dict(weights.read_bytes()))
+    try:
+        model.load_state_dict(packing.unpack_state_dict(weights.read_bytes()))
+    except Exception as exc:  # a truncated or edited file: said, never a traceback
+        detail = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+        raise ConfigError(str(weights), None, f"a damaged file ({type(exc).__name__}: "
+                                              f"{detail})",
+                          "the packed weights the search kept for this trial") from None
     return model.eval(), task, dict(result.metrics), record
 
 

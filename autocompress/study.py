@@ -22,7 +22,7 @@ from autocompress.backends import record
 from autocompress.backends.job import SearchJob, TrialSettings, backend
 from autocompress.backends.optuna_backend import check_settings, open_study, resume
 from autocompress.backends.parallel import check_picklable
-from autocompress.backends.storage import default_url, display, open_storage
+from autocompress.backends.storage import default_url, display, open_storage, recorded_url
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import check_output_folder, write_atomic
@@ -210,7 +210,7 @@ def _finish(job: SearchJob, study: Any, builtin: bool) -> StudyOutcome:
         "task": dataclasses.asdict(config.task) if builtin else None,
         "measure": dataclasses.asdict(config.measure),
         "finetune": dataclasses.asdict(config.finetune),
-        "storage": display(job.storage_url),
+        "storage": recorded_url(job.storage_url, out),
         "predictor": summary,
     }, indent=2))
     write_report(out)

@@ -111,3 +111,82 @@ def test_the_page_says_why_trials_were_infeasible():
                   settings={})
     assert "memory_bytes over its limit: 1 trial(s)" in page
     assert "No trial met the budget" in page
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autocompress.cli", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+def _damaged(study_folder, tmp_path, name, content):
+    copy = tmp_path / "copy"
+    shutil.copytree(study_folder, copy)
+    path = copy / name
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    return copy, path
+
+
+@pytest.mark.parametrize(("name", "content", "said"), [
+    ("study.json", b"{not json", "a damaged file"),
+    ("study.json", b"[1, 2]", "a JSON object"),
+    ("study.json", b'{"name": "x", "objectives": "accuracy"}', "objectives"),
+    ("teacher.json", None, "no teacher.json"),
+    ("teacher.json", b"\xff\xfe\x00", "a damaged file"),
+    ("study.db", b"", "an empty file (0 bytes)"),
+    ("study.db", b"hello, this is not a database at all", "not a SQLite database"),
+])
+def test_report_on_a_damaged_folder_is_one_line_and_modifies_nothing(study_folder, tmp_path,
+                                                                      name, content, said):
+    copy, path = _damaged(study_folder, tmp_path, name, content)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    done = _cli("report", str(copy))
+    assert done.returncode == 2, done.stderr[-1500:]
+    assert said in done.stderr and name in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_a_foreign_sqlite_database_is_refused_untouched(study_folder, tmp_path):
+    import sqlite3
+
+    copy, path = _damaged(study_folder, tmp_path, "study.db", None)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    before = path.read_bytes()
+    done = _cli("report", str(copy))
+    assert done.returncode == 2 and "without Optuna's tables" in done.stderr, done.stderr
+    assert path.read_bytes() == before
+
+
+def test_a_moved_study_folder_reads_itself_only(study_folder, tmp_path):
+    record = json.loads((study_folder / "study.json").read_text())
+    assert record["storage"] == "study.db"  # relative: the folder's own database
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(study_folder, moved)
+    (moved / "report.html").unlink()
+    original = study_folder / "study.db"
+    hidden = study_folder / "study.db.away"
+    original.rename(hidden)  # the original place has no database while the copy is read
+    try:
+        done = _cli("report", str(moved))
+        assert done.returncode == 0, done.stderr[-1500:]
+        assert (moved / "report.html").is_file() and not original.exists()
+    finally:
+        hidden.rename(original)
+
+
+def test_export_of_a_truncated_model_file_is_one_line(study_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(study_folder, copy)
+    kept = sorted((copy / "models").glob("trial_*.acpk"))
+    assert kept
+    kept[0].write_bytes(kept[0].read_bytes()[:40])
+    trial = kept[0].stem.removeprefix("trial_")
+    done = _cli("export", str(copy), "--trial", trial, "--format", "torchscript",
+                "--out", str(tmp_path / "exported"))
+    assert done.returncode == 2, done.stderr[-1500:]
+    assert "a damaged file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "exported").exists()

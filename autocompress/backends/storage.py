@@ -158,14 +158,59 @@ def requeue_abandoned(study: optuna.Study) -> list[int]:
     return queued
 
 
+OWN_DATABASE = "study.db"  # study.json's storage for the folder's own SQLite file
+
+
+def recorded_url(url: str, out_dir: Path) -> str:
+    """What ``study.json`` records: ``study.db`` for the folder's own SQLite file (so a copied or
+    moved folder reads itself, never the original place), else the URL without its password."""
+    return OWN_DATABASE if url == default_url(out_dir) else display(url)
+
+
+def check_database(path: Path) -> None:
+    """A study.db to read must be an Optuna SQLite database: one line otherwise, and the file is
+    left as it is (opening an empty or foreign file would write Optuna's tables into it)."""
+    where = str(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise ConfigError(where, None, f"unreadable ({exc.strerror})",
+                          "the study.db a search wrote") from None
+    if not head:
+        raise ConfigError(where, None, "an empty file (0 bytes)", "the study.db a search wrote")
+    if head != b"SQLite format 3\x00":
+        raise ConfigError(where, None, "not a SQLite database", "the study.db a search wrote")
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise ConfigError(where, None, f"a damaged SQLite database ({exc})",
+                          "the study.db a search wrote") from None
+    if not {"studies", "trials"} <= tables:
+        raise ConfigError(where, None, "a SQLite database without Optuna's tables",
+                          "the study.db a search wrote")
+
+
 def load_recorded_study(folder: Path, record: dict) -> optuna.Study:
-    """The study an output folder's ``study.json`` names: in its ``study.db`` unless the search
-    used another storage URL (recorded without its password)."""
-    url = record.get("storage") or default_url(folder)
-    if url.startswith("sqlite") and not (Path(folder) / "study.db").is_file() \
-            and url == default_url(folder):
-        raise ConfigError(str(folder), None, "no study.db",
-                          "the output folder of a search (studies/<name>/)")
+    """The study an output folder's ``study.json`` names: in its own ``study.db`` (also for
+    folders written before paths were recorded relative, whose SQLite URL ends in
+    ``/study.db``) unless the search used another storage URL (recorded without its
+    password)."""
+    url = record.get("storage") or OWN_DATABASE
+    if not isinstance(url, str):
+        raise ConfigError(str(Path(folder) / "study.json"), "storage", url, "a storage URL")
+    if url == OWN_DATABASE or (url.startswith("sqlite:") and url.endswith("/study.db")):
+        own = Path(folder) / OWN_DATABASE
+        if not own.is_file():
+            raise ConfigError(str(folder), None, "no study.db",
+                              "the output folder of a search (studies/<name>/)")
+        check_database(own)
+        url = default_url(folder)
     if "***" in url:
         raise ConfigError(str(folder), "storage", url,
                           "a storage URL without a password, or one that reads it from the "

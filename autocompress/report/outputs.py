@@ -17,6 +17,7 @@ from autocompress.budget import Budget
 from autocompress.errors import ConfigError
 from autocompress.files import write_atomic
 from autocompress.pareto import hypervolume_history, pareto_front
+from autocompress.report.folder import read_study_record, read_teacher_card
 from autocompress.report.html import render, scatter_plots
 from autocompress.report.tables import write_tables
 
@@ -40,14 +41,13 @@ def pareto_json(front: Any, teacher: dict, record: dict) -> str:
 def write_report(folder: str | Path) -> Path:
     """(Re)write the readable outputs of the study in ``folder``; returns report.html's path."""
     folder = Path(folder)
-    record_path = folder / "study.json"
-    if not record_path.is_file():
-        raise ConfigError(str(folder), None, "no study.json",
-                          "the output folder of a search (studies/<name>/)")
-    record = json.loads(record_path.read_text())
-    teacher = json.loads((folder / "teacher.json").read_text())
-    teacher = {k: v for k, v in teacher.items() if isinstance(v, int | float)}
-    budget = Budget(**record.get("budget", {}))
+    record = read_study_record(folder)
+    teacher = read_teacher_card(folder)
+    try:
+        budget = Budget(**(record.get("budget") or {}))
+    except TypeError:
+        raise ConfigError(str(folder / "study.json"), "budget", record.get("budget"),
+                          "the budget's limits, as a search writes them") from None
     objectives = record["objectives"]
     study = load_recorded_study(folder, record)
     results = load_results(study)
