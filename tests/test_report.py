@@ -140,7 +140,7 @@ def _damaged(study_folder, tmp_path, name, content):
 ])
 def test_report_on_a_damaged_folder_is_one_line_and_modifies_nothing(study_folder, tmp_path,
                                                                       name, content, said):
-    copy, path = _damaged(study_folder, tmp_path, name, content)
+    copy, _ = _damaged(study_folder, tmp_path, name, content)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
     done = _cli("report", str(copy))
     assert done.returncode == 2, done.stderr[-1500:]
