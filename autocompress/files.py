@@ -9,10 +9,12 @@ A study or space file is a few kB of UTF-8, a handful of levels deep, with no or
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -253,3 +255,32 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def study_lock(folder: Path, *, where: str, field: str | None = "--out") -> Iterator[None]:
+    """One search drives a study folder at a time: an exclusive ``flock`` on the folder itself
+    (the kernel drops it when the process dies, kill -9 included, so a killed search never
+    leaves a stale lock). A second search of the same folder is refused in one line; the
+    first one's worker processes do not take it. A folder created here and left empty by an
+    error (a refusal before any output) is removed again."""
+    import fcntl
+
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(where, field, str(folder),
+                              "a study folder no other search is running in (one search per "
+                              "study: wait for it to finish, or give another folder)") from None
+        try:
+            yield
+        except BaseException:
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
+    finally:
+        os.close(handle)

@@ -25,7 +25,7 @@ from autocompress.backends.parallel import check_picklable
 from autocompress.backends.storage import default_url, display, open_storage, recorded_url
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
-from autocompress.files import check_output_folder, write_atomic
+from autocompress.files import check_output_folder, study_lock, write_atomic
 from autocompress.llm.calibrate import decoder_layers
 from autocompress.llm.choices import LINEAR_KINDS
 from autocompress.llm.task import builtin_lm_task, is_lm
@@ -126,6 +126,17 @@ def run_study(
     storage_where = config.origins.get("storage", config.source)
     storage_field = "--storage" if storage_where == "command line" else "storage"
     url = config.storage or default_url(out)
+    # one search per study folder, from here on (the storage, the teacher, the trials)
+    with study_lock(out, where="command line" if out_dir is not None else config.source):
+        return _search(config, task, space, out, runner, settings, url,
+                       storage_where, storage_field, builtin, progress)
+
+
+def _search(config: StudyConfig, task: Task | None, space: SearchSpace, out: Path,
+            runner: Any, settings: dict[str, Any], url: str,
+            storage_where: str, storage_field: str, builtin: bool,
+            progress: Progress) -> StudyOutcome:
+    """The locked part of :func:`run_study`: the storage, the teacher, the search."""
     # Refusals first: a storage that cannot be opened, or a study of this name stored with other
     # settings, is refused before the teacher is trained or any file is written.
     storage = None

@@ -18,10 +18,10 @@ from autocompress.llm.measure import (
     fixed_prompt,
     greedy_decode,
     measure_lm,
-    nll_per_sequence,
     peak_generation_bytes,
     perplexity,
     prefill_latency,
+    scores,
 )
 
 DYNAMIC_LINEAR = torch.ao.nn.quantized.dynamic.Linear
@@ -59,9 +59,9 @@ def test_perplexity_matches_a_hand_computation():
     assert perplexity(model, tokens) == pytest.approx(expected, rel=1e-6)
     assert perplexity(model, tokens, batch_size=1) == pytest.approx(expected, rel=1e-6)
     assert perplexity(model, tokens) == perplexity(model, tokens)  # same tokens, same number
-    per_sequence = nll_per_sequence(model, tokens)
-    assert per_sequence.dtype == torch.float64
-    assert per_sequence.tolist() == pytest.approx(nll.mean(dim=1).tolist(), rel=1e-6)
+    hits = (model(input_ids=tokens).logits[:, :-1].argmax(-1) == tokens[:, 1:]).float().mean()
+    assert scores(model, tokens) == (pytest.approx(expected, rel=1e-6),
+                                     pytest.approx(hits.item()))
 
 
 def test_perplexity_is_one_for_a_perfect_model_and_vocab_for_a_uniform_one():

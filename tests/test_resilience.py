@@ -211,3 +211,41 @@ def test_the_failure_rule_counts_this_runs_first_ten_trials():
     check_failures(study)  # the study's first ten are unchanged
     with pytest.raises(autocompress.TooManyFailures, match="6 of the first 6"):
         check_failures(study, since=10)
+
+
+def test_a_worker_whose_parent_died_while_it_started_exits_at_once():
+    """--jobs workers are spawned and import torch before they run: a parent killed in that
+    window is no longer theirs, and they exit instead of racing the resumed search."""
+    import multiprocessing
+    import os
+
+    from autocompress.backends.parallel import _die_with_parent
+
+    context = multiprocessing.get_context("spawn")
+    orphaned = context.Process(target=_die_with_parent, args=(os.getpid() + 1_000_000,))
+    adopted = context.Process(target=_die_with_parent, args=(os.getpid(),))
+    for process in (orphaned, adopted):
+        process.start()
+        process.join(timeout=60)
+    assert (orphaned.exitcode, adopted.exitcode) == (1, 0)
+
+
+def test_a_second_search_of_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    """One driver per study: a search running in the folder holds its lock (a flock the kernel
+    drops with the process), and another one is refused before it writes anything."""
+    import subprocess
+    import sys
+
+    from autocompress.files import study_lock
+
+    folder = tmp_path / "busy"
+    with study_lock(folder, where="test"):
+        done = subprocess.run(
+            [sys.executable, "-m", "autocompress.cli", "search", "studies/quickstart.yaml",
+             "--out", str(folder), "--trials", "1"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr[-1500:]
+    assert "no other search is running in" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert list(folder.iterdir()) == []
+    with study_lock(folder, where="test"):  # released: the next search may take it
+        pass

@@ -26,8 +26,9 @@ def shares(remaining: int, jobs: int) -> list[int]:
     return [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
 
 
-def _worker(body: WorkerBody, index: int, quota: int, threads: int, errors: Any) -> None:
-    _die_with_parent()
+def _worker(body: WorkerBody, index: int, quota: int, threads: int, errors: Any,
+            parent: int | None = None) -> None:
+    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -49,14 +50,20 @@ def check_picklable(thing: object, *, where: str = "jobs") -> None:
                           f"(module-level functions, not lambdas): {exc}") from None
 
 
-def _die_with_parent() -> None:
-    """Linux: this worker gets SIGKILL when the parent dies, so a killed search leaves none."""
+def _die_with_parent(parent: int | None = None) -> None:
+    """Linux: this worker gets SIGKILL when the parent dies, so a killed search leaves none.
+
+    A spawned worker unpickles its job (importing torch: seconds) before it gets here; a parent
+    killed in that window is not its parent any more (``getppid`` changed), and the worker
+    exits at once instead of racing the resumed search."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def run_workers(body: WorkerBody, *, remaining: int, jobs: int, where: str = "jobs") -> None:
@@ -68,7 +75,8 @@ def run_workers(body: WorkerBody, *, remaining: int, jobs: int, where: str = "jo
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    processes = [context.Process(target=_worker, args=(body, i, quota, threads, errors),
+    processes = [context.Process(target=_worker, args=(body, i, quota, threads, errors,
+                                                       os.getpid()),
                                  name=f"autocompress-worker-{i}")
                  for i, quota in enumerate(shares(remaining, jobs)) if quota]
     for process in processes:

@@ -215,12 +215,14 @@ def init_ray(address: str = "", *, num_cpus: int | None = None) -> None:
     """Join ``address`` (a running cluster) or start a local Ray; quiet, no dashboard."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter is silent at verbose 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    if address:
+        # Ray 2.60 heads started with `ray start --head` use token authentication; Ray reads
+        # the mode when it is imported, so it is set before the import
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray, _ = _ray()
     if ray.is_initialized():
         return
     if address:
-        # Ray 2.60 heads started with `ray start --head` use token authentication.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, log_to_driver=False)
     else:
         # address="local": always a new local Ray, never a cluster someone left running here

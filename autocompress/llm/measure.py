@@ -147,27 +147,13 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def nll_per_sequence(model: nn.Module, tokens: torch.Tensor, *,
-                     batch_size: int = 8) -> torch.Tensor:
-    """Mean next-token negative log-likelihood of each sequence (float64, shape ``(N,)``)."""
+def scores(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8
+           ) -> tuple[float, float]:
+    """Perplexity and next-token accuracy (arg-max equals the next token) in one pass; the loss
+    in float32 (float64 logits would double the memory of a 49k vocabulary), summed in float64."""
     if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.dtype != torch.int64:
         raise ValueError(f"tokens must be int64 (N, L) with L >= 2, got {tuple(tokens.shape)} "
                          f"{tokens.dtype}")
-    device = _model_device(model.eval())
-    out: list[torch.Tensor] = []
-    with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
-            batch = tokens[start:start + batch_size].to(device)
-            logits = _logits(model(input_ids=batch, use_cache=False))[:, :-1].float()
-            nll = nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:],
-                                              reduction="none")
-            out.append(nll.double().mean(dim=1).cpu())
-    return torch.cat(out)
-
-
-def scores(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8
-           ) -> tuple[float, float]:
-    """Perplexity and next-token accuracy (arg-max equals the next token) in one pass."""
     device = _model_device(model.eval())
     nll, correct = 0.0, 0
     with torch.no_grad():
@@ -183,7 +169,7 @@ def scores(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8
 
 def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8) -> float:
     """exp of the mean NLL over all ``N*(L-1)`` predicted positions (sequences share L)."""
-    return math.exp(nll_per_sequence(model, tokens, batch_size=batch_size).mean().item())
+    return scores(model, tokens, batch_size=batch_size)[0]
 
 
 # --- timing ----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autocompress.errors import ConfigError
+from autocompress.llm.measure import perplexity
 
 HOW = ("influence", "ablation", "last", "every_other")
 HEAD_MODES = ("query_heads", "kv_groups")
@@ -99,19 +100,6 @@ def block_influence(model: nn.Module, tokens: torch.Tensor, *, batch_size: int =
         for handle in handles:
             handle.remove()
     return [1.0 - s / max(c, 1) for s, c in zip(sums, counts, strict=True)]
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8) -> float:
-    """exp(mean next-token negative log-likelihood) over every position of ``tokens``."""
-    total, count = 0.0, 0
-    for batch in _batches(model, tokens, batch_size):
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        target = batch[:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       reduction="sum"))
-        count += target.numel()
-    return math.exp(total / max(count, 1))
 
 
 class _Skip(nn.Module):
