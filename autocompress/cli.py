@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -195,12 +196,35 @@ def _check_backend_flags(args: argparse.Namespace, backend: str) -> None:
                       "trials at a time), or --backend optuna")
 
 
+JOB_STUDIES = "AUTOCOMPRESS_STUDIES"  # where a search running as a Ray job writes
+
+
+def _in_ray_job() -> bool:
+    """Whether this process is the driver of a ``ray job submit`` job: Ray's job supervisor
+    hands it its job config, with the submission id, in this variable."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return False
+    return bool((config.get("metadata") or {}).get("job_submission_id")) \
+        if isinstance(config, dict) else False
+
+
 def _output_folder(out: str | None, name: str) -> Path:
-    """``--out`` (or studies/<name>/), refused before any work unless it can be written."""
-    if out is not None:
-        return autocompress.check_output_folder(out, where="command line", field="--out")
-    return autocompress.check_output_folder(Path("studies") / name, where="command line",
-                                            field="--out (not given: studies/<name>)")
+    """``--out`` (or studies/<name>/), refused before any work unless it can be written.
+
+    A search submitted with ``ray job submit`` runs in Ray's temporary copy of the working
+    directory, which Ray deletes later: there, relative folders are resolved against
+    ``$AUTOCOMPRESS_STUDIES`` (default ``~/autocompress-studies``) on the node that runs the
+    job, and the search says where its outputs are."""
+    given = Path(out) if out is not None else Path("studies") / name
+    field = "--out" if out is not None else "--out (not given: studies/<name>)"
+    if _in_ray_job() and not given.is_absolute():
+        base = Path(os.environ.get(JOB_STUDIES) or Path.home() / "autocompress-studies")
+        given = base / (given if out is not None else name)
+        print(f"running as a Ray job: outputs go to {given} (not the job's temporary working "
+              f"directory; set {JOB_STUDIES} or an absolute --out to choose)", flush=True)
+    return autocompress.check_output_folder(given, where="command line", field=field)
 
 
 def _print_predictor(study_json) -> None:

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -258,12 +258,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def study_lock(folder: Path, *, where: str, field: str | None = "--out") -> Iterator[None]:
+def study_lock(folder: Path, *, where: str, field: str | None = "--out",
+               wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """One search drives a study folder at a time: an exclusive ``flock`` on the folder itself
     (the kernel drops it when the process dies, kill -9 included, so a killed search never
-    leaves a stale lock). A second search of the same folder is refused in one line; the
-    first one's worker processes do not take it. A folder created here and left empty by an
-    error (a refusal before any output) is removed again."""
+    leaves a stale lock). A second search of the same folder waits for the first, saying so
+    through ``wait``, then resumes the study (which then holds its trials); without ``wait``
+    it is refused in one line. The first one's worker processes do not take the lock. A
+    folder created here and left empty by an error (a refusal before any output) is removed
+    again."""
     import fcntl
 
     created = not folder.exists()
@@ -273,9 +276,14 @@ def study_lock(folder: Path, *, where: str, field: str | None = "--out") -> Iter
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(where, field, str(folder),
-                              "a study folder no other search is running in (one search per "
-                              "study: wait for it to finish, or give another folder)") from None
+            if wait is None:
+                raise ConfigError(where, field, str(folder),
+                                  "a study folder no other search is running in (one search "
+                                  "per study: wait for it to finish, or give another folder)"
+                                  ) from None
+            wait(f"waiting: another search is running in {folder} (one search per study); "
+                 f"this one resumes the study when it ends")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         except BaseException:

@@ -108,6 +108,10 @@ def run_study(
     check_memory_budget(config)
     check_output_folder(out, where="command line" if out_dir is not None else config.source,
                         field="--out")
+    if config.backend == "ray" and hasattr(runner, "connect"):
+        where = config.origins.get("ray.address", config.source)
+        runner.connect(config.ray.address, where=where,
+                       field="--address" if where == "command line" else "ray.address")
     if task is not None:
         task.check_forward(where=config.source)
         for note in task.notes:
@@ -127,7 +131,8 @@ def run_study(
     storage_field = "--storage" if storage_where == "command line" else "storage"
     url = config.storage or default_url(out)
     # one search per study folder, from here on (the storage, the teacher, the trials)
-    with study_lock(out, where="command line" if out_dir is not None else config.source):
+    with study_lock(out, where="command line" if out_dir is not None else config.source,
+                    wait=_print_line):
         return _search(config, task, space, out, runner, settings, url,
                        storage_where, storage_field, builtin, progress)
 

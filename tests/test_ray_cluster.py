@@ -6,6 +6,7 @@ and a pytest process that still held a local Ray of its own would be ended with 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -52,7 +53,9 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(two_node_cluster, tmp_pa
         "name: cluster\ntask: {dataset: digits, teacher: lenet300, teacher_epochs: 3}\n"
         "measure: {warmup: 1, repeats: 3}\nfinetune: {epochs: 2}\ntrials: 4\nsampler: random\n"
         "ray: {max_concurrent: 2, scheduler: fifo}\n")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # as a user following docs/ray.md: no RAY_AUTH_MODE in the shell (autocompress sets it
+    # before Ray is imported when it is given an address)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     done = subprocess.run(
         [sys.executable, "-m", "autocompress.cli", "search", str(study), "--out",
          str(tmp_path / "out"), "--address", two_node_cluster, "--quiet"],
@@ -80,14 +83,16 @@ def test_a_study_submitted_as_a_ray_job(tmp_path):
             "name: job\ntask: {dataset: digits, teacher: lenet300, teacher_epochs: 3}\n"
             "measure: {warmup: 1, repeats: 3}\nfinetune: {epochs: 1}\ntrials: 2\n"
             "sampler: random\nray: {max_concurrent: 1, scheduler: fifo}\n")
-        out = tmp_path / "out"
+        studies = tmp_path / "studies"  # where a job's outputs go (docs/ray.md), not --out
+        runtime = json.dumps({"env_vars": {"AUTOCOMPRESS_STUDIES": str(studies)}})
         done = subprocess.run(
             [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}",
-             f"--working-dir={work}", "--", sys.executable, "-m", "autocompress.cli", "search",
-             "study.yaml", "--address", "auto", "--out", str(out), "--quiet"],
+             f"--working-dir={work}", f"--runtime-env-json={runtime}", "--", sys.executable,
+             "-m", "autocompress.cli", "search", "study.yaml", "--address", "auto", "--quiet"],
             capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         assert "succeeded" in (done.stdout + done.stderr).lower()
-        assert len(pd.read_csv(out / "trials.csv")) == 2
+        assert f"outputs go to {studies / 'job'}" in done.stdout + done.stderr
+        assert len(pd.read_csv(studies / "job" / "trials.csv")) == 2
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)

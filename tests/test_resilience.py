@@ -18,6 +18,7 @@ import yaml
 import autocompress
 from autocompress.backends.record import REASON_ATTR, RETRY_ATTR, count_finished, load_results
 from autocompress.config import study_from_dict
+from autocompress.errors import ConfigError
 from autocompress.pareto import pareto_front
 
 STUDY = {
@@ -230,22 +231,64 @@ def test_a_worker_whose_parent_died_while_it_started_exits_at_once():
     assert (orphaned.exitcode, adopted.exitcode) == (1, 0)
 
 
-def test_a_second_search_of_a_folder_in_use_is_refused_in_one_line(tmp_path):
-    """One driver per study: a search running in the folder holds its lock (a flock the kernel
-    drops with the process), and another one is refused before it writes anything."""
-    import subprocess
-    import sys
+def test_two_searches_started_together_on_one_fresh_folder_end_with_the_asked_trials(tmp_path):
+    """One driver per study: the second search waits for the first (a flock the kernel drops
+    with the process), then resumes the study, which already holds its trials."""
+    study = tmp_path / "tiny.yaml"
+    study.write_text("name: tiny\ntask: {dataset: digits, teacher: lenet300, teacher_epochs: 2}\n"
+                     "measure: {warmup: 1, repeats: 3}\nfinetune: {epochs: 1}\ntrials: 3\n"
+                     "sampler: random\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "autocompress.cli", "search", str(study), "--out", str(out)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert sum("waiting: another search is running" in out_ for out_, _ in outputs) == 1
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
 
+
+def test_a_folder_in_use_is_refused_in_one_line_where_waiting_is_not_wanted(tmp_path):
     from autocompress.files import study_lock
 
     folder = tmp_path / "busy"
-    with study_lock(folder, where="test"):
-        done = subprocess.run(
-            [sys.executable, "-m", "autocompress.cli", "search", "studies/quickstart.yaml",
-             "--out", str(folder), "--trials", "1"], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 2, done.stderr[-1500:]
-    assert "no other search is running in" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    with study_lock(folder, where="test"), \
+            pytest.raises(ConfigError, match="no other search is running in"), \
+            study_lock(folder, where="test"):
+        pass
     assert list(folder.iterdir()) == []
     with study_lock(folder, where="test"):  # released: the next search may take it
         pass
+
+
+def test_a_retry_of_a_retry_keeps_the_first_trials_choices_and_seed():
+    """Killed, retried, killed again: every retry replays trial 0's choices with trial 0's seed,
+    and a trial killed before its choices were drawn says it is replaced, not retried."""
+    from autocompress.backends.record import read, retried, sample_plan
+    from autocompress.backends.storage import requeue_abandoned
+    from autocompress.space import SearchSpace
+
+    space = SearchSpace.from_dict({"prune": {"ratio": {"low": 0.0, "high": 0.9}},
+                                   "quantize": {"bits": [4, 8, 32]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    plans = []
+    for _ in range(3):  # the first run and two retries, each killed while it ran
+        trial = study.ask()
+        plans.append(sample_plan(trial, space, seed=100))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no reason: abandoned
+        requeue_abandoned(study)
+    assert [p.seed for p in plans] == [100, 100, 100]
+    assert plans[1].choices == plans[0].choices == plans[2].choices
+    assert retried(study) == {0: 1, 1: 2, 2: 3}
+    queued = study.ask()  # the third retry, killed before it drew: still trial 0's choices
+    study.tell(queued, state=optuna.trial.TrialState.FAIL)
+    assert requeue_abandoned(study) == [queued.number]
+    again = study.ask()
+    assert sample_plan(again, space, seed=100) == plans[0]
+    study.tell(again, 1.0)
+    empty = study.ask()  # a new trial killed between the ask and the sampler: nothing to replay
+    study.tell(empty, state=optuna.trial.TrialState.FAIL)
+    assert empty.number not in requeue_abandoned(study)
+    assert "a new trial takes its place" in read(study.trials[empty.number],
+                                                 retried(study)).reason

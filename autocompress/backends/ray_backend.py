@@ -33,7 +33,7 @@ from autocompress.backends.optuna_backend import (
 )
 from autocompress.backends.record import NODE_ATTR, PREDICTION_ATTR, STATE_OF
 from autocompress.backends.storage import open_storage
-from autocompress.errors import TooManyFailures
+from autocompress.errors import ConfigError, TooManyFailures
 from autocompress.plan import Plan
 from autocompress.predictors import PlanPredictor
 from autocompress.result import FAILED, PRUNED, Stop, StopReason, TrialResult
@@ -237,6 +237,18 @@ class RayBackend:
 
     def __init__(self, *, pid_dir: str | None = None) -> None:
         self.pid_dir = pid_dir
+
+    def connect(self, address: str, *, where: str, field: str) -> None:
+        """Join the cluster at ``address`` now, before any training: a cluster this machine
+        cannot join is one line at once, not an error after the teacher has trained."""
+        if not address:
+            return
+        try:
+            init_ray(address)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise ConfigError(where, field, address, f"a Ray cluster this machine can join "
+                              f"({type(exc).__name__}: {detail})") from None
 
     def run(self, job: SearchJob, n_trials: int, *, progress: Callable[[str], None]) -> None:
         ray_config = job.config.ray

@@ -32,14 +32,17 @@ STOPPED_ATTR, CURVE_ATTR = "stopped_at", "epoch_accuracy"
 SETTINGS_ATTR, PREDICTION_ATTR, NODE_ATTR = "settings", "prediction", "node"
 REASON_ATTR = "fail_reason"  # set on every trial that failed for a reason of its own
 RETRY_ATTR = "retry_of"      # set on a trial that re-runs an abandoned trial's choices
+ORIGIN_ATTR = "retry_origin"  # and the first trial of that chain, whose seed every retry keeps
 
 STATE_OF = {COMPLETE: TrialState.COMPLETE, FAILED: TrialState.FAIL, PRUNED: TrialState.PRUNED}
 RESULT_STATE_OF = {state.name: name for name, state in STATE_OF.items()}
 
 
 def sample_plan(trial: optuna.Trial, space: SearchSpace, *, seed: int) -> Plan:
-    """The trial's Plan, recorded on it. A retry (``retry_of``) keeps its original seed."""
-    plan = Plan(space.sample(trial), seed=seed + trial.user_attrs.get(RETRY_ATTR, trial.number))
+    """The trial's Plan, recorded on it. A retry (``retry_of``), and a retry of a retry, keeps
+    the seed of the first trial of its chain (``retry_origin``)."""
+    first = trial.user_attrs.get(ORIGIN_ATTR, trial.user_attrs.get(RETRY_ATTR, trial.number))
+    plan = Plan(space.sample(trial), seed=seed + first)
     trial.set_user_attr(PLAN_ATTR, plan.to_dict())
     return plan
 
@@ -105,8 +108,12 @@ def load_results(study: optuna.Study) -> list[TrialResult]:
 def _abandoned_reason(frozen: FrozenTrial, retries: Mapping[int, int]) -> str:
     if frozen.state != TrialState.FAIL:
         return ""
-    again = (f"its choices were retried as trial {retries[frozen.number]}"
-             if frozen.number in retries else "its choices are retried when the study resumes")
+    if frozen.number in retries:
+        again = f"its choices were retried as trial {retries[frozen.number]}"
+    elif not choices_of(frozen):  # killed before the sampler drew anything: nothing to replay
+        again = "it was killed before its choices were drawn, so a new trial takes its place"
+    else:
+        again = "its choices are retried when the study resumes"
     return f"{INTERRUPTED}: the search was stopped or killed while it ran; {again}"
 
 
@@ -145,6 +152,12 @@ def retried(study: optuna.Study) -> dict[int, int]:
     """Abandoned trial number -> the number of the trial that retries its choices."""
     return {t.user_attrs[RETRY_ATTR]: t.number for t in study.get_trials(deepcopy=False)
             if RETRY_ATTR in t.user_attrs}
+
+
+def choices_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The choices a trial drew, or, for a retry killed before drawing them, those it was
+    queued to replay (Optuna keeps them as ``fixed_params``)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
 
 
 def abandoned(study: optuna.Study) -> list[FrozenTrial]:

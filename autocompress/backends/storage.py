@@ -25,7 +25,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autocompress.backends.record import RETRY_ATTR, abandoned, retried
+from autocompress.backends.record import (
+    ORIGIN_ATTR,
+    RETRY_ATTR,
+    abandoned,
+    choices_of,
+    retried,
+)
 from autocompress.errors import ConfigError
 
 HEARTBEAT_S = 1      # a running trial writes its heartbeat this often
@@ -151,9 +157,11 @@ def requeue_abandoned(study: optuna.Study) -> list[int]:
     done = retried(study)
     queued = []
     for trial in abandoned(study):
-        if trial.number in done or not trial.params:
+        if trial.number in done or not choices_of(trial):
             continue
-        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+        first = trial.user_attrs.get(ORIGIN_ATTR, trial.user_attrs.get(RETRY_ATTR, trial.number))
+        study.enqueue_trial(choices_of(trial),
+                            user_attrs={RETRY_ATTR: trial.number, ORIGIN_ATTR: first})
         queued.append(trial.number)
     return queued
 
