@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from autocompress.config import study_from_dict
 from autocompress.pareto import pareto_front
 from autocompress.plan import Plan
 from autocompress.report.html import render
-from autocompress.result import Stop, StopReason, TrialResult
+from autocompress.result import Stop, StopReason, TrialCounts, TrialResult
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +192,114 @@ def test_export_of_a_truncated_model_file_is_one_line(study_folder, tmp_path):
     assert done.returncode == 2, done.stderr[-1500:]
     assert "a damaged file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "exported").exists()
+
+
+def _trial(number: int, ratio: float, bits: int, accuracy: float, memory: float,
+           **extra) -> TrialResult:
+    plan = Plan({"student.width": 1.0, "prune.ratio": ratio, "quantize.bits": bits,
+                 "distill.method": "kd"}, seed=number)
+    metrics = {"accuracy": accuracy, "latency_ms": 0.5 + ratio, "memory_bytes": memory,
+               "latency_noise_ms": 0.0, "test_accuracy": accuracy - 0.01}
+    return TrialResult(plan, number=number, metrics=metrics, **extra)
+
+
+def _chosen_page() -> tuple[str, list[TrialResult]]:
+    """A small classification study: two choices searched, two fixed, one trial over budget,
+    one failed and one interrupted."""
+    results = [_trial(0, 0.2, 8, 0.93, 20_000.0), _trial(1, 0.5, 4, 0.90, 9_000.0),
+               _trial(2, 0.8, 2, 0.60, 5_000.0, constraints={"accuracy": 0.28}),
+               TrialResult(Plan({"prune.ratio": 0.3}), state="failed", number=3,
+                           reason="RuntimeError: out of memory"),
+               TrialResult(Plan({"prune.ratio": 0.4}), state="failed", number=4,
+                           reason="interrupted: the search stopped")]
+    objectives = {"accuracy": "max", "latency_ms": "min", "memory_bytes": "min"}
+    teacher = {"accuracy": 0.95, "test_accuracy": 0.94, "latency_ms": 2.0,
+               "memory_bytes": 200_000.0}
+    budget = Budget(max_accuracy_drop=5)
+    front = pareto_front(results, objectives, teacher, budget)
+    page = render(name="chosen", results=results, front=front, teacher=teacher, budget=budget,
+                  history=[0.1, 0.2, 0.2, 0.2, 0.2], settings={"sampler": "tpe", "seed": 3})
+    return page, results
+
+
+def _table(page: str, table_id: str) -> str:
+    start = page.index(f'id="{table_id}"')
+    return page[start:page.index("</table>", start)]
+
+
+def _columns(table: str) -> list[str]:
+    """The data-col names of the last header row (the one each cell lines up with)."""
+    last_row = table[:table.index("</thead>")].rsplit("<tr>", 1)[-1]
+    return re.findall(r'data-col="([^"]+)"', last_row)
+
+
+def test_the_front_shows_objectives_then_searched_choices_and_folds_the_fixed_ones():
+    page, _ = _chosen_page()
+    front = _table(page, "front")
+    assert _columns(front) == ["trial", "accuracy", "latency_ms", "memory_bytes",
+                               "test_accuracy", "smaller", "faster", "prune.ratio",
+                               "quantize.bits"]
+    assert "distill.method" not in front and "student.width" not in front
+    fixed = page[page.index("<details>"):page.index("</details>")]
+    assert "distill.method = kd" in fixed and "student.width = 1" in fixed
+    assert ">test accuracy<" in front and "92.00%" in front  # test accuracy in % as well
+    assert "95.00%" in front and "93.00%" in front  # the teacher's row, then trial 0
+    assert _columns(_table(page, "trials"))[-1] == "outcome"
+
+
+def test_the_counts_line_is_the_clis_and_the_summary_is_in_a_persons_units():
+    page, results = _chosen_page()
+    counts = re.search(r'<p class="counts" id="counts">(.*?)</p>', page).group(1)
+    assert counts == html.escape(TrialCounts.of(results).summary())
+    assert "1 interrupted by a stopped search" in counts and "1 failed" in counts
+    summary = page[page.index('<div class="cards">'):page.index("<h2>Pareto front:")]
+    assert "95.00%" in summary and "200 kB" in summary and "2 ms" in summary
+    assert "<dt>sampler</dt><dd>tpe</dd>" in summary and "{" not in summary  # no JSON dump
+    assert "accuracy drop &lt;= 5 points (&gt;= 90.00%)" in summary
+    trials = _table(page, "trials")
+    assert re.search(r'<tr class="off">.*?infeasible: accuracy 28.00 points under', trials)
+
+
+def _hover_labels(page: str) -> list[tuple[str, str]]:
+    """(trial number of a plotted point, the label the browser shows on hover)."""
+    return re.findall(r'<g id="pt\d+_(\d+)">\s*<title>([^<]*)</title>', page)
+
+
+def test_every_plotted_point_has_a_hover_label_naming_its_trial():
+    page, _ = _chosen_page()
+    points = re.findall(r'<g id="pt\d+_(\d+)">', page)
+    labels = _hover_labels(page)
+    assert len(points) == 3 * 3 and len(labels) == len(points)  # 3 trained trials, 3 plots
+    for number, label in labels:
+        assert label.startswith(f"trial {number} ("), label
+        assert "accuracy" in label and "stored size" in label
+    assert any("infeasible" in label for _, label in labels)
+
+
+def test_a_real_studys_points_are_all_labelled(study_folder):
+    page = (study_folder / "report.html").read_text()
+    points = re.findall(r'<g id="pt\d+_(\d+)">', page)
+    assert points and len(_hover_labels(page)) == len(points)
+    assert all(label.startswith(f"trial {n} (") for n, label in _hover_labels(page))
+    assert _columns(_table(page, "front"))[:5] == ["trial", "accuracy", "latency_ms",
+                                                   "memory_bytes", "test_accuracy"] \
+        or "No trial met the budget" in page
+
+
+def test_a_language_model_study_shows_perplexity_and_decode_speed():
+    objectives = {"perplexity": "min", "tokens_per_s": "max", "memory_bytes": "min"}
+    results = [TrialResult(Plan({"lm_prune.ratio": r, "lm_quantize.bits": 4}), number=n,
+                           metrics={"perplexity": 20 + 10 * r, "test_perplexity": 21 + 10 * r,
+                                    "tokens_per_s": 100 + 50 * r, "memory_bytes": 5e6 * (1 - r)})
+               for n, r in enumerate((0.1, 0.3, 0.5))]
+    teacher = {"perplexity": 18.0, "test_perplexity": 19.0, "tokens_per_s": 90.0,
+               "memory_bytes": 6e6}
+    budget = Budget(max_perplexity_increase=0.5)
+    front = pareto_front(results, objectives, teacher, budget)
+    page = render(name="lm", results=results, front=front, teacher=teacher, budget=budget,
+                  history=[0.1, 0.2, 0.3], settings={"sampler": "tpe"})
+    assert _columns(_table(page, "front")) == ["trial", "perplexity", "tokens_per_s",
+                                               "memory_bytes", "test_perplexity", "smaller",
+                                               "faster", "lm_prune.ratio"]
+    assert "lowest perplexity" in page and "tokens/s" in page and "5 MB" in page
+    assert len(_hover_labels(page)) == 3 * 3

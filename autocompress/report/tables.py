@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 
 from autocompress.files import write_atomic
 from autocompress.pareto import ParetoFront
-from autocompress.result import FAILED, Stop, TrialResult
+from autocompress.result import FAILED, INTERRUPTED, Stop, TrialResult
 from autocompress.units import format_bytes
 
 BASE_COLUMNS = ["trial", "state", "accuracy", "latency_ms", "memory_bytes"]
@@ -126,3 +127,123 @@ def format_front(front: ParetoFront, searched: Sequence[str]) -> str:
              for row in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+METRIC_LABELS = {"accuracy": "accuracy", "test_accuracy": "test accuracy",
+                 "perplexity": "perplexity", "test_perplexity": "test perplexity",
+                 "latency_ms": "latency", "tokens_per_s": "decode speed",
+                 "memory_bytes": "stored size", "peak_memory_bytes": "peak memory",
+                 "parameters": "parameters"}
+TEST_OF = {"accuracy": "test_accuracy", "perplexity": "test_perplexity"}
+
+
+def format_metric(name: str, value: Any) -> str:
+    """One figure in a person's units (accuracy in %, sizes in kB/MB, ms, tokens/s); '-' when
+    unknown, so the report and the CLI never show a raw fraction or byte count."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if name.endswith("accuracy"):
+        return f"{100 * value:.2f}%"
+    if name.endswith("bytes"):
+        return format_bytes(value)
+    if name.endswith("_ms"):
+        return f"{value:.3g} ms"
+    if name == "tokens_per_s":
+        return f"{value:.4g} tokens/s"
+    if name == "parameters":
+        return f"{value / 1e6:.3g}M" if value >= 1e6 else f"{value / 1e3:.3g}k"
+    return f"{value:.4g}"
+
+
+def format_choice(value: Any) -> str:
+    """A plan's value as a study file would spell it (floats to 3 digits)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def split_choices(plans: Sequence[Any], searched: Sequence[str] | None = None
+                  ) -> tuple[list[str], dict[str, Any]]:
+    """(searched names, fixed name -> value), in the plans' order: what the study chose apart
+    from what every trial shared. Without ``searched``, a choice is searched when it varies."""
+    names = list(dict.fromkeys(k for p in plans for k in p.choices))
+    if searched is None:
+        searched = [n for n in names
+                    if len({repr(p.choices[n]) for p in plans if n in p.choices}) > 1]
+    varying = [n for n in names if n in set(searched)]
+    fixed = {n: next(p.choices[n] for p in plans if n in p.choices)
+             for n in names if n not in varying}
+    return varying, fixed
+
+
+def describe_over(constraints: Mapping[str, float]) -> str:
+    """``stored size 8.87 kB over limit; accuracy 2.10 points under limit``: the limits broken, in
+    a person's units (empty when every limit holds)."""
+    parts = []
+    for name, over in constraints.items():
+        if over <= 0:
+            continue
+        label = METRIC_LABELS.get(name, name)
+        if name == "accuracy":
+            parts.append(f"{label} {100 * over:.2f} points under limit")
+        else:
+            parts.append(f"{label} {format_metric(name, over)} over limit")
+    return "; ".join(parts)
+
+
+def trial_outcome(result: TrialResult, front: Collection[int | None] = ()) -> str:
+    """What became of a trial, in the categories of :class:`TrialCounts` (``front`` for the
+    feasible trials numbered in ``front``), so the report's words match the CLI's counts."""
+    if result.state == FAILED:
+        return "interrupted" if result.reason.startswith(INTERRUPTED) else "failed"
+    if result.stop is not None:
+        return {Stop.SKIPPED: "not trained", Stop.EARLY: "stopped early",
+                Stop.STRUCTURE: "stopped at structure"}[result.stop.kind]
+    if not result.feasible:
+        return "infeasible"
+    return "front" if result.number in front else "feasible"
+
+
+def trial_reason(result: TrialResult) -> str:
+    """Why a trial fell short: its failure, its stop or the limits it broke ('' when none)."""
+    if result.state == FAILED:
+        return result.reason
+    if result.stopped(Stop.SKIPPED):
+        return f"not worth training: {result.stop.why}"
+    if result.stopped(Stop.EARLY):
+        return f"stopped early at {result.stopped_at}"
+    over = describe_over(result.constraints)
+    return f"over budget once built: {over}" if result.stopped(Stop.STRUCTURE) else over
+
+
+def figure_names(objectives: Sequence[str], rows: Sequence[Any]) -> list[str]:
+    """The objectives, then the test split's figure for the quality objective where measured."""
+    return [*objectives, *(TEST_OF[n] for n in objectives
+                           if n in TEST_OF and any(TEST_OF[n] in r.metrics for r in rows))]
+
+
+def teacher_ratios(metrics: Mapping[str, float], teacher: Mapping[str, float]
+                   ) -> dict[str, float | None]:
+    """How many times smaller and faster than the teacher (by tokens/s for a language model,
+    which has no latency); None where either figure is missing."""
+    def ratio(a: Any, b: Any) -> float | None:
+        ok = all(isinstance(v, int | float) and math.isfinite(v) for v in (a, b))
+        return a / b if ok and b > 0 else None
+
+    faster = ratio(teacher.get("latency_ms"), metrics.get("latency_ms")) \
+        if "latency_ms" in teacher else ratio(metrics.get("tokens_per_s"),
+                                              teacher.get("tokens_per_s"))
+    return {"smaller": ratio(teacher.get("memory_bytes"), metrics.get("memory_bytes")),
+            "faster": faster}
+
+
+def trial_title(result: TrialResult, objectives: Sequence[str],
+                front: Collection[int | None] = ()) -> str:
+    """``trial 7 (infeasible): accuracy 80.37%, ...; why``: a plotted point's hover label."""
+    figures = ", ".join(f"{METRIC_LABELS.get(n, n)} {format_metric(n, result.metrics.get(n))}"
+                        for n in objectives)
+    why = trial_reason(result)
+    return (f"trial {result.number} ({trial_outcome(result, front)}): {figures}"
+            + (f"; {why}" if why else ""))
