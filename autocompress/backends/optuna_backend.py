@@ -184,7 +184,17 @@ def open_study(
         study.set_user_attr("objectives", dict(objectives))
         if settings:
             study.set_user_attr(SETTINGS_ATTR, _jsonable(dict(settings)))
+    name_objectives(study, list(objectives))
     return study
+
+
+def name_objectives(study: optuna.Study, names: list[str]) -> None:
+    """Name the study's values (``accuracy``, ``latency_ms``, ...) where Optuna's plots, its
+    dataframes and optuna-dashboard look; also on a study stored before they were named."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != names:
+            study.set_metric_names(names)
 
 
 def _jsonable(value: Any) -> Any:
@@ -215,8 +225,8 @@ def optimize(
     asks it after the trial's structure stage whether to train (a skip is ``pruned``, with the
     prediction in the ``prediction`` attribute).
 
-    Every trial sets the same constraints (``trial.set_constraint``, ``<= 0`` feasible), so
-    NSGA-II and TPE learn where the budget lies. A trial stopped at the structure stage completes
+    Every trial sets the same constraints (:func:`record.set_constraints`, ``<= 0`` feasible),
+    so NSGA-II and TPE learn where the budget lies. A trial stopped at the structure stage completes
     with its measured size (and latency, if timed), ``stand_in`` values for what it never
     measured (accuracy 0, the teacher's latency) and its positive constraint values. A retried
     trial (``retry_of``, enqueued by :func:`storage.requeue_abandoned`) runs its original plan

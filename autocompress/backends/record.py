@@ -4,11 +4,25 @@ Both backends write through :func:`write` and the study is read through :func:`r
 run on Optuna and one run on Ray are stored, counted and judged alike. Every metric, the plan and
 the measurement conditions are user attributes of the Optuna trial, so any Optuna client
 (optuna-dashboard included) sees them, and a study can be rebuilt from storage alone.
+
+What optuna-dashboard (0.21) shows, and why it is stored so (docs/robustness.md):
+
+* constraints: one list in the trial's system attribute ``constraints`` (Optuna's list form, in
+  ``constraint_names`` order, ``<= 0`` feasible), not ``trial.set_constraint``. Optuna 5 reads
+  both forms for its samplers alike, but the dashboard reads only the list, and writing both
+  would make Optuna count every constraint twice. The names stay in the ``constraints`` user
+  attribute (a dict). So the dashboard greys out infeasible trials, trials stopped at structure
+  (accuracy 0 stand-ins) included, and keeps them off its Pareto-front plot.
+* choices: an ordered numeric choice is sampled as an integer index (``quantize.bits.index``,
+  see :mod:`autocompress.space`) so model-based samplers keep its order; its real value is also
+  a user attribute ``choice.<name>`` (``choice.quantize.bits`` = 8), a number the dashboard can
+  sort, filter and plot. Other parameters are readable as they are.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +47,8 @@ SETTINGS_ATTR, PREDICTION_ATTR, NODE_ATTR = "settings", "prediction", "node"
 REASON_ATTR = "fail_reason"  # set on every trial that failed for a reason of its own
 RETRY_ATTR = "retry_of"      # set on a trial that re-runs an abandoned trial's choices
 ORIGIN_ATTR = "retry_origin"  # and the first trial of that chain, whose seed every retry keeps
+CHOICE_PREFIX = "choice."      # + a parameter sampled as an index: its real value
+CONSTRAINTS_KEY = "constraints"  # the trial system attribute Optuna and optuna-dashboard read
 
 STATE_OF = {COMPLETE: TrialState.COMPLETE, FAILED: TrialState.FAIL, PRUNED: TrialState.PRUNED}
 RESULT_STATE_OF = {state.name: name for name, state in STATE_OF.items()}
@@ -44,6 +60,9 @@ def sample_plan(trial: optuna.Trial, space: SearchSpace, *, seed: int) -> Plan:
     first = trial.user_attrs.get(ORIGIN_ATTR, trial.user_attrs.get(RETRY_ATTR, trial.number))
     plan = Plan(space.sample(trial), seed=seed + first)
     trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+    for name, dimension in space.dimensions.items():
+        if dimension.kind == "ordinal":  # sampled as ``<name>.index``: show the value too
+            trial.set_user_attr(CHOICE_PREFIX + name, plan.choices[name])
     return plan
 
 
@@ -51,8 +70,8 @@ def write(trial: optuna.Trial, result: TrialResult, *,
           constraint_names: Sequence[str] = (), curve: Sequence[float] | None = None) -> None:
     """Record ``result`` on ``trial`` (state aside: the backend tells Optuna).
 
-    Constraints are set on every judged trial with the same names (``<= 0`` feasible), so the
-    samplers learn where the budget lies.
+    Constraints are set on every judged trial in the same order (``<= 0`` feasible), so the
+    samplers learn where the budget lies, and optuna-dashboard shows which trials are feasible.
     """
     trial.set_user_attr(DURATION_ATTR, result.duration_s)
     trial.set_user_attr(STOPPED_ATTR, result.stopped_at)
@@ -66,8 +85,17 @@ def write(trial: optuna.Trial, result: TrialResult, *,
     trial.set_user_attr(CONSTRAINTS_ATTR, result.constraints)
     for name, value in result.metrics.items():
         trial.set_user_attr(name, value)
-    for name in constraint_names:
-        trial.set_constraint(name, result.constraints.get(name, 0.0))
+    if constraint_names:
+        set_constraints(trial, [result.constraints.get(name, 0.0) for name in constraint_names])
+
+
+def set_constraints(trial: optuna.Trial, values: Sequence[float]) -> None:
+    """Store ``values`` as the Optuna list of constraints of a running ``trial``: the one form
+    both Optuna 5's samplers and optuna-dashboard 0.21 read (see the module docstring)."""
+    values = [float(v) for v in values]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"a constraint value is NaN: {values}")
+    trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, values)
 
 
 def objective_values(result: TrialResult, objectives: Sequence[str],
