@@ -289,14 +289,19 @@ def run_trial(
             metrics["sparsity"] = sparsity(model)
             metrics.update(measure_accuracy(model, task, measure))
     except Exception as exc:  # a trial's fault is recorded; the study goes on
-        reason = f"{type(exc).__name__}: {exc}"
-        last = traceback.extract_tb(exc.__traceback__)[-1:]
-        if last and not isinstance(exc, TrialError):
-            reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
-        return TrialResult(plan, FAILED, reason=reason, duration_s=time.perf_counter() - started)
+        return failed(plan, exc, started)
     finished = result(COMPLETE, metrics, measurement)
     finished.packed = packed
     return finished
+
+
+def failed(plan: Plan, exc: Exception, started: float) -> TrialResult:
+    """A trial's fault as its result: the reason, and where it arose unless the trial said."""
+    reason = f"{type(exc).__name__}: {exc}"
+    last = traceback.extract_tb(exc.__traceback__)[-1:]
+    if last and not isinstance(exc, TrialError):
+        reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
+    return TrialResult(plan, FAILED, reason=reason, duration_s=time.perf_counter() - started)
 
 
 def _epoch_reporter(task: Task, should_stop, on_epoch):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +34,7 @@ from autocompress.llm.choices import FLOAT_BITS, LINEAR_KINDS, READERS
 from autocompress.llm.distill import distill_lm
 from autocompress.llm.task import LMTask
 from autocompress.plan import Plan
-from autocompress.result import COMPLETE, FAILED, Stop, StopReason, TrialResult
+from autocompress.result import COMPLETE, Stop, StopReason, TrialResult
 
 student, distilling = READERS["lm_student"], READERS["lm_distill"]
 pruning, quantizing = READERS["lm_prune"], READERS["lm_quantize"]
@@ -199,7 +198,7 @@ def run_lm_trial(plan: Plan, task: LMTask, *, measure: MeasureConfig, budget: Bu
                  teacher_metrics: Mapping[str, float] | None = None, need_peak: bool = False,
                  timeout_s: float | None = None) -> TrialResult:
     """Build, time, distil, prune, quantize and measure the model of ``plan``."""
-    from autocompress.trial import _alarm
+    from autocompress.trial import _alarm, failed
 
     budget = budget or Budget()
     teacher_metrics = dict(teacher_metrics or {})
@@ -240,11 +239,7 @@ def run_lm_trial(plan: Plan, task: LMTask, *, measure: MeasureConfig, budget: Bu
             metrics.update(found)
             measurement.update(described)
     except Exception as exc:  # a trial's fault is recorded; the study goes on
-        reason = f"{type(exc).__name__}: {exc}"
-        last = traceback.extract_tb(exc.__traceback__)[-1:]
-        if last and not isinstance(exc, TrialError):
-            reason += f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})"
-        return TrialResult(plan, FAILED, reason=reason, duration_s=time.perf_counter() - started)
+        return failed(plan, exc, started)
     finished = result(COMPLETE, metrics, measurement)
     finished.packed = packed
     return finished
