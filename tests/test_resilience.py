@@ -292,3 +292,40 @@ def test_a_retry_of_a_retry_keeps_the_first_trials_choices_and_seed():
     assert empty.number not in requeue_abandoned(study)
     assert "a new trial takes its place" in read(study.trials[empty.number],
                                                  retried(study)).reason
+
+
+@pytest.mark.parametrize("moment", ["while workers start", "while trials run"])
+def test_jobs_killed_with_sigkill_leave_no_worker_and_resume_to_the_exact_count(tmp_path,
+                                                                                 moment):
+    """--jobs 2, the driver killed with -9 while its spawned workers are still importing torch
+    (before they could ask the kernel to kill them with their parent) or while they train: no
+    worker outlives it, and the same command completes the study to the count it asks for."""
+    import psutil
+
+    study, out = write_study(tmp_path, trials=6), tmp_path / "out"
+    process = search(study, out, "--jobs", "2")
+    driver = psutil.Process(process.pid)
+    deadline = time.monotonic() + 120
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and len(workers) < 2:  # spawned, not yet running a trial
+        workers = [c for c in driver.children(recursive=True) if "spawn" in " ".join(c.cmdline())]
+        time.sleep(0.01)
+    assert len(workers) == 2, "the workers never started"
+    if moment == "while trials run":
+        wait_until_running(out, finished=1)
+        workers = [c for c in driver.children(recursive=True)
+                   if "spawn" in " ".join(c.cmdline())]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    finished_at_kill = count_finished(load(out)) if (out / "study.db").exists() else 0
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"workers outlived their killed driver: {[p.pid for p in alive]}"
+    time.sleep(1)
+    # an orphaned worker would have gone on and finished trials, racing the resumed run
+    assert (count_finished(load(out)) if (out / "study.db").exists() else 0) == finished_at_kill
+
+    again = search(study, out, "--jobs", "2")
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-1500:]
+    assert count_finished(load(out)) == 6
