@@ -176,6 +176,11 @@ def test_a_moved_study_folder_reads_itself_only(study_folder, tmp_path):
         done = _cli("report", str(moved))
         assert done.returncode == 0, done.stderr[-1500:]
         assert (moved / "report.html").is_file() and not original.exists()
+        trial = sorted((moved / "models").glob("trial_*.acpk"))[0].stem.removeprefix("trial_")
+        exported = _cli("export", str(moved), "--trial", trial, "--format", "torchscript",
+                        "--out", str(tmp_path / "exported"))
+        assert exported.returncode == 0, exported.stderr[-1500:]
+        assert (tmp_path / "exported" / "model.pt").is_file() and not original.exists()
     finally:
         hidden.rename(original)
 
