@@ -269,7 +269,7 @@ def study_lock(folder: Path, *, where: str, field: str | None = "--out",
     again."""
     import fcntl
 
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # leaf first
     folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY)
     try:
@@ -287,8 +287,10 @@ def study_lock(folder: Path, *, where: str, field: str | None = "--out",
         try:
             yield
         except BaseException:
-            if created and not any(folder.iterdir()):
-                folder.rmdir()
+            for path in created:  # what this made, leaf upwards, while left empty
+                if any(path.iterdir()):
+                    break
+                path.rmdir()
             raise
     finally:
         os.close(handle)

@@ -12,8 +12,10 @@ cache in torch at 2 threads; bytes of the packed stored form):
    in groups of 128, at 4 bits in groups of 128, 64 and 32, and at 2 bits in groups of 32. The
    published ordering to compare with (Sun et al. 2023, Table 3, LLaMA-2-7B on WikiText at 50%:
    dense 5.12, magnitude 14.89, SparseGPT 6.51, Wanda 6.42): magnitude far above the two.
-   Caveat for every 4-bit row: SmolLM2's weights were stored as Q4_1 (4-bit asymmetric, blocks
-   of 32), so 4-bit groups of 32 reproduce them almost exactly.
+   Caveat for every 4-bit row: SmolLM2's weights were stored as Q4_1 (4-bit, blocks of 32, a
+   float scale and a float minimum per block), so 4-bit groups of 32 are the blocks its
+   weights were rounded in; our asymmetric grid keeps zero exact (an integer zero point), which
+   Q4_1's float minimum does not, so it does not land on Q4_1's grid again (docs/llm.md).
 2. **The joint front against single-technique fronts**: the same trials, sampler and seed on the
    joint space and on pruning-only, quantization-only and depth-only spaces; hypervolume
    (perplexity, decode tokens/s, stored bytes; reference: +50% perplexity, the teacher's speed
@@ -121,7 +123,7 @@ def _single_rows(task: LMTask, measure: MeasureConfig, teacher: dict[str, float]
             continue
         m = result.metrics
         found[label] = m["test_perplexity"]
-        caveat = " (Q4_1 grid)" if "4-bit g32" in label else ""
+        caveat = " (Q4_1 blocks)" if "4-bit g32" in label else ""
         rows.append([label + caveat, f"{m['perplexity']:.2f}", f"{m['test_perplexity']:.2f}",
                      f"{_increase(m, teacher, 'test_'):+.0f}%",
                      f"{teacher['memory_bytes'] / m['memory_bytes']:.2f}x",

@@ -49,7 +49,7 @@ def load(out: Path, name: str = "resilient") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
-def wait_until_running(out: Path, *, finished: int, timeout: float = 120) -> None:
+def wait_until_running(out: Path, *, finished: int, timeout: float = 300) -> None:
     """Until the study holds ``finished`` finished trials and one is running right now."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
