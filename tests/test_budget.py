@@ -159,10 +159,10 @@ def test_stopped_trials_teach_the_sampler_through_optuna_constraints(budget_stud
     # Optuna's list form (the one optuna-dashboard reads), in the budget's order (memory_bytes,
     # accuracy); the names and measured values are the trial's "constraints" attribute
     assert all(len(t.constraints) == 2 for t in complete)
-    assert all(list(t.constraints.values())[0] == t.user_attrs["constraints"]["memory_bytes"]
+    assert all(next(iter(t.constraints.values())) == t.user_attrs["constraints"]["memory_bytes"]
                for t in complete)
     stopped = [t for t in complete if t.user_attrs["stopped_at"] == "structure"]
-    assert stopped and all(list(t.constraints.values())[0] > 0 for t in stopped)
+    assert stopped and all(next(iter(t.constraints.values())) > 0 for t in stopped)
     assert all(t.values[0] == 0.0 for t in stopped)  # worst-case accuracy for the sampler
 
 
