@@ -172,10 +172,14 @@ def _search(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - started:.0f} s this run.")
     _print_predictor(outcome.out_dir / "study.json")
     if outcome.front.members:
+        measured = (f"Validation perplexity; prefill latency and decode tokens/s at "
+                    f"{config.measure.threads} thread(s), {config.measure.runtime}"
+                    if config.task.kind == "causal_lm" else
+                    f"Validation accuracy; latency at batch {config.measure.batch_size}, "
+                    f"{config.measure.threads} thread(s), {config.measure.runtime}")
         print(f"Pareto front of study {config.name!r}: {len(outcome.front)} feasible members, "
-              f"hypervolume {outcome.front.hypervolume:.4f}. Validation accuracy; latency at "
-              f"batch {config.measure.batch_size}, {config.measure.threads} thread(s), "
-              f"{config.measure.runtime}; memory = packed stored form.")
+              f"hypervolume {outcome.front.hypervolume:.4f}. {measured}; memory = packed "
+              f"stored form.")
         print(outcome.front_table())
     else:
         print(outcome.front_table())

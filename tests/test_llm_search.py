@@ -127,3 +127,11 @@ def test_dropping_as_many_layers_as_the_teacher_has_is_refused_before_any_work(t
                                space={"lm_student": {"drop_layers": [1, 3]}}, trials=1,
                                out_dir=tmp_path / "out", progress=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_language_models_line_shows_perplexity_and_decode_speed():
+    from autocompress.report.tables import describe_metrics
+
+    line = describe_metrics({"perplexity": 46.081, "accuracy": 0.32, "latency_ms": 412.34,
+                             "tokens_per_s": 23.41, "memory_bytes": 538_100_326})
+    assert line.startswith("ppl 46.08  412.3 ms prefill  23.4 tok/s  538")

@@ -35,7 +35,12 @@ def write_tables(out_dir: Path, results: Sequence[Any], front: ParetoFront) -> N
 
 def describe_metrics(metrics: Mapping[str, float]) -> str:
     """``acc 97.1%  0.061 ms  31.2 kB``: the headline figures in a person's units ('-': not
-    measured)."""
+    measured); a language model's: ``ppl 46.08  412.3 ms prefill  23.4 tok/s  538 MB``."""
+    if "tokens_per_s" in metrics:
+        ppl = f"{metrics['perplexity']:.2f}" if "perplexity" in metrics else "-"
+        lat = f"{metrics['latency_ms']:.1f} ms" if "latency_ms" in metrics else "- ms"
+        mem = format_bytes(metrics["memory_bytes"]) if "memory_bytes" in metrics else "-"
+        return f"ppl {ppl}  {lat} prefill  {metrics['tokens_per_s']:.1f} tok/s  {mem}"
     acc = f"{100 * metrics['accuracy']:.1f}%" if "accuracy" in metrics else "-"
     lat = f"{metrics['latency_ms']:.3f} ms" if "latency_ms" in metrics else "- ms"
     mem = format_bytes(metrics["memory_bytes"]) if "memory_bytes" in metrics else "-"
