@@ -29,8 +29,12 @@ def results_dataframe(results: Sequence[Any]) -> pd.DataFrame:
 
 
 def write_tables(out_dir: Path, results: Sequence[Any], front: ParetoFront) -> None:
-    write_atomic(out_dir / "trials.csv", results_dataframe(results).to_csv(index=False))
-    write_atomic(out_dir / "pareto.csv", results_dataframe(front.members).to_csv(index=False))
+    trials = results_dataframe(results)
+    write_atomic(out_dir / "trials.csv", trials.to_csv(index=False))
+    members = results_dataframe(front.members)
+    if not front.members:  # an empty front still names its columns: those of the trials
+        members = trials.iloc[0:0]
+    write_atomic(out_dir / "pareto.csv", members.to_csv(index=False))
 
 
 def describe_metrics(metrics: Mapping[str, float]) -> str:
