@@ -42,6 +42,8 @@ def search(
     runtime: str | None = None,
     finetune_epochs: int | None = None,
     student_factory: Callable[[Any, nn.Module], nn.Module] | None = None,
+    max_split_bytes: int | None = None,
+    spill_dir: str | Path | None = None,
     progress: Progress = print,
     **study: Any,
 ) -> StudyOutcome:
@@ -64,7 +66,8 @@ def search(
     the allowed ones). ``batch_size``, ``threads``, ``runtime`` and ``finetune_epochs`` are
     shortcuts into ``measure`` and ``finetune``. ``student_factory(plan, teacher)`` builds the
     student when the teacher cannot be traced. With ``jobs`` > 1 the metric and factory must be
-    module-level functions.
+    module-level functions. A split over ``max_split_bytes`` (2 GiB) is written once to
+    ``spill_dir`` (default: a temporary folder) and read from there through a memory map.
 
     >>> outcome = autocompress.search(model, train=(x, y), val=(xv, yv),  # doctest: +SKIP
     ...                               budget={"max_accuracy_drop": 1}, trials=30)
@@ -91,7 +94,9 @@ def search(
     elif not isinstance(space, SearchSpace):
         space = SearchSpace.from_yaml(resolve_space(str(space), study_source="search()"))
     task_kwargs: dict[str, Any] = {"example_input": example_input, "test": test,
-                                   "student_factory": student_factory}
+                                   "student_factory": student_factory, "spill_dir": spill_dir}
+    if max_split_bytes is not None:
+        task_kwargs["max_split_bytes"] = max_split_bytes
     if metric is not None:
         task_kwargs["metric"] = metric
     task = Task(name, teacher.eval(), train, val, **task_kwargs)

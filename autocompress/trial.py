@@ -47,6 +47,7 @@ from autocompress.result import (  # noqa: F401  (re-exported: the trial's publi
     StopReason,
     TrialResult,
 )
+from autocompress.spill import collect
 from autocompress.tasks import Task
 from autocompress.techniques import STRUCTURAL, distill
 from autocompress.techniques.common import Context, bake, count_parameters
@@ -164,7 +165,8 @@ class TeacherOutputs:
     def of(cls, teacher: nn.Module, x: torch.Tensor) -> TeacherOutputs:
         teacher.eval()
         with torch.inference_mode():
-            logits = torch.cat([teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)])
+            logits = collect((teacher(x[i : i + 1024]) for i in range(0, len(x), 1024)),
+                             like=x, name="teacher-logits")
         return cls(logits, penultimate_features(teacher, x))
 
 

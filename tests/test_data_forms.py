@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from autocompress import spill
 from autocompress.errors import ConfigError
 from autocompress.measure.runtime import OrtModule, export_onnx
 from autocompress.tasks import Task, TensorModel
 from autocompress.tasks.hf import embedding_similarity
-from autocompress.tasks.inputs import _subset
 
 transformers = pytest.importorskip("transformers")
 
@@ -214,19 +215,91 @@ class _Stream(IterableDataset):
         return iter(zip(X, Y, strict=True))
 
 
-def test_data_over_the_memory_cap_is_a_noted_subset():
-    per_example = D * 4 + 8  # float32 inputs and an int64 label
-    built = task(TensorDataset(X, Y), max_split_bytes=5 * per_example)
-    kept = _subset(N, 5)
-    assert torch.equal(built.train.x, X[kept]) and torch.equal(built.train.y, Y[kept])
-    assert built.notes == ["train: 12 examples would take more than 1.12e-07 GiB in memory "
-                           "(max_split_bytes); a random subset of 5 (seed 0) is used"]
-    loader = DataLoader(TensorDataset(X, Y), batch_size=2, shuffle=True)
-    assert len(task(loader, max_split_bytes=5 * per_example).train) == 5
-    streamed = task(DataLoader(_Stream(), batch_size=2), max_split_bytes=5 * per_example)
-    assert torch.equal(streamed.train.x, X[:6])
-    assert streamed.notes == ["train: read the first 6 examples, 1.12e-07 GiB in memory "
-                              "(max_split_bytes); the rest is not used"]
+PER_EXAMPLE = D * 4 + 8  # float32 inputs and an int64 label
+
+
+@pytest.mark.parametrize("form", ["dataset", "loader", "iterable", "generator"])
+def test_data_over_the_memory_cap_is_used_whole_from_a_memory_mapped_file(tmp_path, form):
+    data = {"dataset": TensorDataset(X, Y),
+            "loader": DataLoader(TensorDataset(X, Y), batch_size=2),
+            "iterable": DataLoader(_Stream(), batch_size=2),
+            "generator": ((X[i : i + 3], Y[i : i + 3]) for i in range(0, N, 3))}[form]
+    built = task(data, max_split_bytes=5 * PER_EXAMPLE, spill_dir=tmp_path)
+    assert spill.is_mapped(built.train.x) and spill.is_mapped(built.train.y)
+    assert torch.equal(built.train.x, X) and torch.equal(built.train.y, Y)  # all 12, in order
+    assert not spill.is_mapped(built.val.x)  # the small split stays in memory
+    assert len(built.notes) == 1 and built.notes[0].startswith(
+        f"train: 12 examples take {N * PER_EXAMPLE / 2**30:.3g} GiB, more than "
+        f"max_split_bytes ({5 * PER_EXAMPLE / 2**30:.3g} GiB): written once to {tmp_path}")
+    assert sorted(f.stat().st_size for f in tmp_path.iterdir()) == [N * 8, N * D * 4]
+
+
+def test_a_mapped_split_pickles_as_its_file_and_indexes_into_plain_tensors(tmp_path):
+    built = task(TensorDataset(X, Y), max_split_bytes=PER_EXAMPLE, spill_dir=tmp_path)
+    x = built.train.x
+    assert len(pickle.dumps(x)) < 500  # workers map the file; they are not sent a copy
+    again = pickle.loads(pickle.dumps(built.train))
+    assert spill.is_mapped(again.x) and torch.equal(again.x, X) and torch.equal(again.y, Y)
+    batch = x[torch.tensor([3, 1])]
+    assert type(batch) is torch.Tensor and torch.equal(batch, X[[3, 1]])
+    assert type(x[:2] * 2) is torch.Tensor
+
+
+def test_without_a_spill_dir_the_files_go_to_a_temporary_folder_removed_at_exit(tmp_path):
+    script = ("import torch, sys; from torch.utils.data import TensorDataset; from torch import nn;"
+              "from autocompress.tasks import Task;"
+              "x = torch.randn(40, 4); y = torch.arange(40) % 3;"
+              "t = Task('t', nn.Linear(4, 3), TensorDataset(x, y), (x, y), max_split_bytes=64);"
+              "print(t.train.x.spill_path)")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    path = Path(done.stdout.strip())
+    assert path.name.startswith("train-x-") and path.parent.name.startswith("autocompress-data-")
+    assert not path.parent.exists()
+
+
+def test_text_batches_over_the_cap_are_packed_like_those_in_memory(tmp_path):
+    ids = torch.randint(1, 50, (N, 6))
+    mask = torch.ones(N, 6, dtype=torch.long)
+    mask[::2, 4:] = 0
+    batches = [{"input_ids": ids[i : i + 4], "attention_mask": mask[i : i + 4],
+                "labels": Y[i : i + 4]} for i in range(0, N, 4)]
+    val = {"input_ids": ids[:5, :5], "labels": Y[:5]}  # shorter: the train length is longest
+    teacher = _TokenModel()
+    in_memory = task(iter(batches), val, teacher=teacher)
+    mapped = task(iter(batches), val, teacher=teacher, max_split_bytes=100, spill_dir=tmp_path)
+    assert spill.is_mapped(mapped.train.x) and mapped.train.x.shape == (N, 2, 6)
+    assert torch.equal(mapped.train.x, in_memory.train.x)
+    assert torch.equal(mapped.val.x, in_memory.val.x)
+    assert mapped.input_keys == in_memory.input_keys == ("input_ids", "attention_mask")
+
+
+def test_text_of_different_lengths_over_the_cap_is_one_line(tmp_path):
+    batches = [{"input_ids": torch.ones(4, length, dtype=torch.long), "labels": Y[:4]}
+               for length in (6, 7)]
+    with pytest.raises(ConfigError) as error:
+        task(iter(batches), teacher=_TokenModel(), max_split_bytes=100, spill_dir=tmp_path)
+    assert str(error.value) == (
+        "task: train: got 'input_ids of shapes (6,) and (7,) per example', expected one shape "
+        "per example in a split over max_split_bytes (read from disk, not padded: pad token ids "
+        "to one length, a tokenizer's padding='max_length')")
+
+
+class _TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, C)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        hidden = self.embed(input_ids)
+        if attention_mask is not None:
+            hidden = hidden * attention_mask.unsqueeze(-1)
+        return self.head(hidden.mean(dim=1))
 
 
 class _NoLogitsModel(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,9 +46,11 @@ class Task:
     :mod:`autocompress.tasks.inputs`: tensors or numpy ``(x, y)`` pairs, dicts of columns, torch
     Datasets, lists of samples, DataLoaders of tuple or dict batches, Hugging Face batches
     included); each is read once into a :class:`Split` (every trial reuses the same data and the
-    teacher's outputs on it), up to ``max_split_bytes`` (then a random subset, said in
-    ``notes``). A split that cannot be used is one :class:`ConfigError` line, here, before any
-    work. ``metric(model, split) -> float`` is maximised; it defaults to classification accuracy.
+    teacher's outputs on it), in memory up to ``max_split_bytes``; a larger split is written
+    once to files in ``spill_dir`` (default: a temporary folder removed at exit) and read from
+    them batch by batch through memory maps, said in ``notes``. A split that cannot be used is
+    one :class:`ConfigError` line, here, before any work. ``metric(model, split) -> float`` is
+    maximised; it defaults to classification accuracy.
     ``student_factory(plan, teacher) -> nn.Module`` builds the student for architectures the
     built-in student builder cannot cut (anything but a flat ``nn.Sequential``); it reads the
     plan's ``student.*`` choices itself.
@@ -73,6 +76,7 @@ class Task:
     student_factory: Callable[..., nn.Module] | None = None
     preprocessing: dict | None = None  # raw input -> model input, recorded with exports
     max_split_bytes: int = MAX_BYTES
+    spill_dir: str | Path | None = None
     notes: list[str] = field(default_factory=list, init=False)
     input_keys: tuple[str, ...] = field(default=(), init=False)
 
@@ -80,7 +84,8 @@ class Task:
         given = {"train": self.train, "val": self.val}
         if self.test is not None:
             given["test"] = self.test
-        columns = {name: read(data, split=name, max_bytes=self.max_split_bytes)
+        columns = {name: read(data, split=name, max_bytes=self.max_split_bytes,
+                             spill_dir=self.spill_dir)
                    for name, data in given.items()}
         for read_split in columns.values():
             self.notes.extend(read_split.notes)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autocompress import spill
 from autocompress.errors import ConfigError
 from autocompress.tasks.data import Split
 
@@ -210,13 +211,12 @@ def pack(splits: dict[str, Columns], *, takes: frozenset[str] | None = None
                        f"the same inputs as {first} ({sorted(splits[first].inputs)})")
     dropped: tuple[str, ...] = ()
     if _main(splits[first]) == "input_ids":
-        padded = pad_text([splits[name].inputs for name in names])
-        keys = tuple(k for k in TEXT_KEYS if k in padded[0] and (
-            k == "input_ids" or any(bool((p[k] != FILL[k]).any()) for p in padded)))
+        inputs = [splits[name].inputs for name in names]
+        longest = max(int(i["input_ids"].shape[-1]) for i in inputs)
+        keys = _text_keys(inputs, longest)
         dropped = tuple(k for k in keys[1:] if takes is not None and k not in takes)
         keys = tuple(k for k in keys if k not in dropped)
-        xs = [torch.stack([p[k] for k in keys], dim=1) if len(keys) > 1 else p["input_ids"]
-              for p in padded]
+        xs = [_stacked(i, keys, longest) for i in inputs]
     else:
         keys = ()
         xs = [splits[name].inputs[_main(splits[name])] for name in names]
@@ -233,6 +233,51 @@ def pack(splits: dict[str, Columns], *, takes: frozenset[str] | None = None
                                                          f"{_label_kind(ys[0])}")
     packed = {name: Split(x, y) for name, x, y in zip(names, xs, ys, strict=True)}
     return packed, keys if len(keys) > 1 else (), dropped
+
+
+ROWS = 8192  # rows of a mapped (spilled) split handled at a time
+
+
+def _row_chunks(column: torch.Tensor) -> list[torch.Tensor]:
+    """A mapped column in slices of rows (only views); one in memory as it is."""
+    if not spill.is_mapped(column):
+        return [column]
+    return [column[i : i + ROWS] for i in range(0, int(column.shape[0]), ROWS)]
+
+
+def _text_keys(inputs: list[dict[str, torch.Tensor]], longest: int) -> tuple[str, ...]:
+    """The text columns ``x`` carries: ``input_ids``, and each other one where some split has a
+    value its absence would not mean (padding to ``longest`` makes a mask of zeros)."""
+    keys = ["input_ids"]
+    for key in TEXT_KEYS[1:]:
+        padded = key == "attention_mask" and any(int(i["input_ids"].shape[-1]) < longest
+                                                  for i in inputs)
+        if padded or any(key in i and any(bool((part != FILL[key]).any())
+                                          for part in _row_chunks(i[key])) for i in inputs):
+            keys.append(key)
+    return tuple(keys)
+
+
+def _stacked(inputs: dict[str, torch.Tensor], keys: tuple[str, ...], longest: int
+             ) -> torch.Tensor:
+    """One split's text columns padded to ``longest`` and stacked along dimension 1 (only
+    ``input_ids`` when ``keys`` is just it); a mapped split is written out again, mapped."""
+    ids = inputs["input_ids"]
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        part = ids[start:stop]
+        gap = longest - int(part.shape[-1])
+        columns = []
+        for key in keys:
+            column = inputs[key][start:stop] if key in inputs else torch.full_like(part, FILL[key])
+            columns.append(torch.nn.functional.pad(column, (0, gap)) if gap else column)
+        return torch.stack(columns, dim=1) if len(columns) > 1 else columns[0]
+
+    if spill.is_mapped(ids) and (len(keys) > 1 or int(ids.shape[-1]) != longest):
+        return spill.collect((rows(i, i + ROWS) for i in range(0, int(ids.shape[0]), ROWS)),
+                             like=ids, name="packed")
+    return rows(0, int(ids.shape[0])) if len(keys) > 1 or int(ids.shape[-1]) != longest \
+        else ids
 
 
 def _main(columns: Columns) -> str:

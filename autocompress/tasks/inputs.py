@@ -18,23 +18,24 @@ floats become class ids; other float targets (a teacher's embeddings, ``(N, D)``
 Float64 inputs become float32 and integer inputs int64 (what ONNX Runtime is fed). Anything else
 is one :class:`ConfigError` line naming the split.
 
-Memory: a split is read up to ``max_bytes`` (``Task.max_split_bytes``, 2 GiB by default). A sized
-dataset over it gives a seeded random subset of that size, an unsized one (``IterableDataset``,
-a generator) its first batches; a note says which. Streaming instead would need every reader of
-``x`` to take batches from a loader: the training loop and gradient importance index
-``x[idx]`` (and the teacher's cached logits ``[idx]``), the metric, the teacher's outputs and
-the int8 calibration slice it, and the study fingerprints all of it.
+Memory: a split is held in memory up to ``max_bytes`` (``Task.max_split_bytes``, 2 GiB by
+default). A larger one is read once, batch by batch, into files in ``spill_dir`` and used through
+memory maps (:mod:`autocompress.spill`): every epoch reads its batches from the file, and
+the process holds a batch, not the split. Its batches must then agree in shape (token ids are
+not padded across batches there); a note says where the files are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import DataLoader, IterableDataset
 
+from autocompress import spill
 from autocompress.tasks.columns import (
     IMAGE_KEY,
     PLAIN,
@@ -51,7 +52,6 @@ from autocompress.tasks.data import Split
 LABEL_KEYS = ("labels", "label")
 MAX_BYTES = 2 * 2**30  # per split, the default of Task.max_split_bytes
 READ_BATCH = 512
-SUBSET_SEED = 0
 FORMS = ("(x, y) tensors or numpy arrays, a dict of columns, a torch Dataset, a list of "
          "samples, or a DataLoader of (x, y) or dict batches")
 DICT_FORM = "input_ids (+ attention_mask, token_type_ids) or pixel_values, and labels or label"
@@ -61,8 +61,10 @@ def is_array(value: Any) -> bool:
     return isinstance(value, torch.Tensor | np.ndarray)
 
 
-def read(data: Any, *, split: str, max_bytes: int = MAX_BYTES) -> Columns:
-    """``data`` in any of the forms above as checked, normalised columns."""
+def read(data: Any, *, split: str, max_bytes: int = MAX_BYTES,
+         spill_dir: str | Path | None = None) -> Columns:
+    """``data`` in any of the forms above as checked, normalised columns (mapped from files
+    in ``spill_dir`` past ``max_bytes``)."""
     if isinstance(data, Split):
         return finish({PLAIN: data.x}, data.y, split)
     if isinstance(data, Mapping) and not _ragged_columns(data):
@@ -79,23 +81,15 @@ def read(data: Any, *, split: str, max_bytes: int = MAX_BYTES) -> Columns:
         inputs, labels = item_columns(data, split)
         return finish(inputs, labels, split)
     if isinstance(data, DataLoader):
-        chunks, notes = _read_loader(data, split, max_bytes)
-    elif isinstance(data, IterableDataset):
+        return _read_batches(data, split, max_bytes, spill_dir)
+    if isinstance(data, IterableDataset) or _sized_indexable(data):
+        if _sized_indexable(data) and len(data) == 0:
+            raise fail(split, "no examples (the data is empty)", "at least one example")
         loader = DataLoader(data, batch_size=READ_BATCH, collate_fn=_Samples(split))
-        chunks, notes = _read_batches(loader, split, max_bytes, chunked=True)
-    elif _sized_indexable(data):
-        chunks, notes = _read_samples(data, split, max_bytes)
-    elif isinstance(data, Iterable) and not isinstance(data, str | bytes):
-        chunks, notes = _read_batches(data, split, max_bytes)
-    else:
-        raise fail(split, f"a {type(data).__name__}", FORMS)
-    if not chunks:
-        raise fail(split, "no examples (the data is empty)", "at least one example")
-    inputs = concat([c[0] for c in chunks], split)
-    labels = cat_labels([c[1] for c in chunks], split)
-    columns = finish(inputs, labels, split)
-    columns.notes.extend(notes)
-    return columns
+        return _read_batches(loader, split, max_bytes, spill_dir, chunked=True)
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes):
+        return _read_batches(data, split, max_bytes, spill_dir)
+    raise fail(split, f"a {type(data).__name__}", FORMS)
 
 
 def _sized_indexable(data: Any) -> bool:
@@ -161,76 +155,91 @@ class _Samples:
         return concat(columns, self.split), cat_labels(labels, self.split)
 
 
-def _read_samples(data: Any, split: str, max_bytes: int) -> tuple[list, list[str]]:
-    """A map-style dataset or list, sample by sample; over the cap, a seeded random subset."""
-    total = len(data)
-    if total == 0:
-        return [], []
-    collate = _Samples(split)
-    keep = _fits(_nbytes(collate([data[0]])), max_bytes)
-    notes = []
-    if keep < total:
-        data = Subset(data, _subset(total, keep))
-        notes.append(_subset_note(split, keep, total, max_bytes))
-    loader = DataLoader(data, batch_size=READ_BATCH, collate_fn=collate)
-    return _read_batches(loader, split, None, chunked=True)[0], notes
-
-
-def _read_loader(loader: DataLoader, split: str, max_bytes: int) -> tuple[list, list[str]]:
-    """A user's loader, batch by batch; a sized dataset over the cap is read through a random
-    subset, batched and collated as the loader does."""
-    dataset = loader.dataset
-    sized = (not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
-             and loader.batch_size is not None and len(dataset) > 0)
-    if not sized:
-        return _read_batches(loader, split, max_bytes)
-    inputs, labels = item_columns(loader.collate_fn([dataset[0]]), split)
-    keep = _fits(_nbytes((inputs, as_tensor(labels, split, "labels"))), max_bytes)
-    if keep >= len(dataset):
-        return _read_batches(loader, split, None)
-    subset = DataLoader(Subset(dataset, _subset(len(dataset), keep)),
-                        batch_size=loader.batch_size, collate_fn=loader.collate_fn,
-                        num_workers=loader.num_workers)
-    return (_read_batches(subset, split, None)[0],
-            [_subset_note(split, keep, len(dataset), max_bytes)])
-
-
-def _read_batches(batches: Iterable, split: str, max_bytes: int | None, *,
-                  chunked: bool = False) -> tuple[list, list[str]]:
-    """Batches until they run out or hold ``max_bytes`` (then a note says so)."""
+def _read_batches(batches: Iterable, split: str, max_bytes: int, spill_dir: str | Path | None,
+                  *, chunked: bool = False) -> Columns:
+    """Batches held in memory up to ``max_bytes``; past it, every batch (those held first) is
+    written to files read back through memory maps (:mod:`autocompress.spill`)."""
     chunks: list = []
-    held, count = 0, 0
-    iterator: Iterator = iter(batches)
-    for batch in iterator:
+    held = 0
+    spilled: _Spilled | None = None
+    for batch in batches:
         if chunked:  # already columns (collated by _Samples)
             chunk = batch
         else:
             inputs, labels = item_columns(batch, split)
             chunk = (inputs, as_tensor(labels, split, "labels"))
+        if spilled is not None:
+            spilled.add(chunk)
+            continue
         chunks.append(chunk)
-        count += _count(chunk[1])
         held += _nbytes(chunk)
-        if max_bytes is not None and held >= max_bytes:
-            if next(iterator, None) is not None:
-                return chunks, [f"{split}: read the first {count} examples, "
-                                f"{_gib(max_bytes)} in memory (max_split_bytes); the rest "
-                                f"is not used"]
-            break
-    return chunks, []
+        if held > max_bytes:
+            spilled = _Spilled(split, spill.folder(spill_dir))
+            for kept in chunks:
+                spilled.add(kept)
+            chunks = []
+    if spilled is not None:
+        return spilled.close(max_bytes)
+    if not chunks:
+        raise fail(split, "no examples (the data is empty)", "at least one example")
+    inputs = concat([c[0] for c in chunks], split)
+    return finish(inputs, cat_labels([c[1] for c in chunks], split), split)
 
 
-def _fits(per_example: int, max_bytes: int) -> int:
-    return max(1, int(max_bytes // max(1, per_example)))
+class _Spilled:
+    """A split over the memory cap, checked and normalised batch by batch (as :func:`finish`
+    does for a whole split) and appended to one file per column."""
+
+    def __init__(self, split: str, directory: Path) -> None:
+        self.split, self.directory = split, directory
+        self.writers: dict[str, spill.Writer] = {}
+        self.label_writer = spill.Writer(directory, f"{split}-labels")
+        self.first: Columns | None = None
+
+    def add(self, chunk: tuple[dict[str, torch.Tensor], torch.Tensor]) -> None:
+        columns = finish(*chunk, self.split)
+        if self.first is None:
+            self.first = columns
+            self.writers = {key: spill.Writer(self.directory, f"{self.split}-{key}")
+                            for key in columns.inputs}
+        self._check(columns)
+        for key, column in columns.inputs.items():
+            self.writers[key].add(column)
+        self.label_writer.add(columns.labels)
+
+    def _check(self, columns: Columns) -> None:
+        """Every batch like the first: the same inputs, shapes per example and label kind (in
+        memory, token ids of different lengths are padded; written out they cannot be)."""
+        assert self.first is not None
+        first, split = self.first, self.split
+        if set(columns.inputs) != set(first.inputs):
+            raise fail(split, f"batches with different inputs ({sorted(first.inputs)} and "
+                              f"{sorted(columns.inputs)})", "the same inputs in every batch")
+        for key, column in columns.inputs.items():
+            if column.shape[1:] != first.inputs[key].shape[1:]:
+                raise fail(split, f"{_what(key)} of shapes {tuple(first.inputs[key].shape[1:])} "
+                                  f"and {tuple(column.shape[1:])} per example",
+                           "one shape per example in a split over max_split_bytes (read from "
+                           "disk, not padded: pad token ids to one length, a tokenizer's "
+                           "padding='max_length')")
+        y, y0 = columns.labels, first.labels
+        if y.dtype != y0.dtype or y.shape[1:] != y0.shape[1:]:
+            raise fail(split, f"labels of shapes/kinds {tuple(y0.shape[1:])} {y0.dtype} and "
+                              f"{tuple(y.shape[1:])} {y.dtype} in different batches",
+                       "one kind of label in every batch")
+
+    def close(self, max_bytes: int) -> Columns:
+        inputs = {key: writer.close() for key, writer in self.writers.items()}
+        labels = self.label_writer.close()
+        size = sum(spill.nbytes(t) for t in [*inputs.values(), labels])
+        note = (f"{self.split}: {len(labels)} examples take {_gib(size)}, more than "
+                f"max_split_bytes ({_gib(max_bytes)}): written once to {self.directory} and "
+                f"read from there through a memory map, batch by batch")
+        return Columns(inputs, labels, [note])
 
 
-def _subset(total: int, keep: int) -> list[int]:
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))
-    return sorted(order[:keep].tolist())
-
-
-def _subset_note(split: str, keep: int, total: int, max_bytes: int) -> str:
-    return (f"{split}: {total} examples would take more than {_gib(max_bytes)} in memory "
-            f"(max_split_bytes); a random subset of {keep} (seed {SUBSET_SEED}) is used")
+def _what(key: str) -> str:
+    return "inputs" if key == PLAIN else key
 
 
 def _gib(n: int) -> str:
@@ -240,9 +249,3 @@ def _gib(n: int) -> str:
 def _nbytes(chunk: tuple[dict[str, torch.Tensor], torch.Tensor]) -> int:
     inputs, labels = chunk
     return sum(t.numel() * t.element_size() for t in [*inputs.values(), labels])
-
-
-def _count(t: torch.Tensor) -> int:
-    return int(t.shape[0]) if t.ndim else 1
-
-

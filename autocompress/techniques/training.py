@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,6 +36,7 @@ from torch import nn
 
 from autocompress.errors import TrialError
 from autocompress.plan import Plan
+from autocompress.spill import collect
 from autocompress.techniques.common import weight_layers
 from autocompress.techniques.encoder import Encoder
 
@@ -112,14 +113,18 @@ def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     last = weight_layers(model)[-1][1]
     captured: list[torch.Tensor] = []
     handle = last.register_forward_pre_hook(lambda _, args: captured.append(args[0].flatten(1)))
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(x), 1024):
+            model(x[start : start + 1024])
+            yield captured.pop()
+
     try:
         model.eval()
         with torch.inference_mode():
-            for start in range(0, len(x), 1024):
-                model(x[start : start + 1024])
+            return collect(batches(), like=x, name="teacher-features")
     finally:
         handle.remove()
-    return torch.cat(captured)
 
 
 class _FeatureMatch:
