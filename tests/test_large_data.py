@@ -63,3 +63,31 @@ def test_a_search_on_data_over_the_memory_cap_reads_it_from_disk(tmp_path):
     # 4 GiB (all in memory) this search grew by ~1,000 MB, from the file by ~160 MB. The bound
     # is the data's own size (246 MB): reading it into memory even once would cross it.
     assert found["growth_mb"] < 246, found
+
+
+WORKERS = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    import autocompress
+    torch.manual_seed(0)
+    x = torch.randn(600, 8)
+    y = (x[:, 0] > 0).long()
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    outcome = autocompress.search(
+        teacher, train=TensorDataset(x, y), val=(x[:100], y[:100]), trials=2, jobs=2,
+        out_dir=sys.argv[1], space={"prune": {"ratio": [0.25, 0.5]}}, finetune={"epochs": 1},
+        max_split_bytes=1024, spill_dir=sys.argv[2], progress=print)
+    print([r.state for r in outcome.results])
+""")
+
+
+def test_worker_processes_map_the_spilled_file(tmp_path):
+    spill_dir = tmp_path / "spill"
+    done = subprocess.run([sys.executable, "-c", WORKERS, str(tmp_path / "study"),
+                           str(spill_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['complete', 'complete']"
+    names = {p.name.rsplit("-", 1)[0] for p in spill_dir.iterdir()}
+    # the split, and beside it the teacher's outputs on it, which each worker computed
+    assert names == {"train-x", "train-labels", "teacher-logits", "teacher-features"}

@@ -106,7 +106,7 @@ class Task:
     def _example(self, keys: tuple[str, ...]) -> torch.Tensor:
         given = self.example_input
         if given is None:
-            return self.train.x[:1]
+            return self.train.x[:1].clone()  # not a view: a mapped split's file stays out
         if isinstance(given, Mapping):
             ids = as_tensor(given.get("input_ids", given.get(IMAGE_KEY)), "example_input",
                             "inputs")
