@@ -33,6 +33,7 @@ ON_THEIR_OWN = {
     "front_vs_teacher": "benchmarks.front_vs_teacher",
     "ray_speedup": "benchmarks.ray_speedup",
     "llm": "benchmarks.llm",  # SmolLM2-135M: about an hour in full, half an hour quick
+    "llm_targets": "benchmarks.llm_targets",  # SmolLM2 searched under its budgets
 }
 BENCHMARKS = {**SUITE, **ON_THEIR_OWN}  # every benchmark: each has main(size) -> Headline
 

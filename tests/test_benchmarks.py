@@ -37,6 +37,10 @@ EXPECTED = {
         ("magnitude 50%", "Wanda 50%", "SparseGPT 50%", "RTN 3-bit g128", "GPTQ 3-bit g128",
          "joint", "pruning only", "quantization only", "depth only"),
         frozenset({"smaller_within_10pct", "faster_within_20pct", "joint_hypervolume"})),
+    "llm_targets": Expect(
+        ("member (chosen on val)", "runtime", "val ppl", "test ppl", "smaller"),
+        ("smallest within +10%", "fastest within +20%"),
+        frozenset({"smaller_within_10pct", "faster_within_20pct"})),
     "controller": Expect(
         ("ms per trial", "of a quickstart trial"),
         ("trivial objective, 10 trials", "trivial objective, 20 trials",
@@ -85,7 +89,8 @@ EXPECTED = {
         frozenset({"ray_2_vs_serial_1_thread", "ray_2_vs_serial", "ray_startup_s"})),
 }
 # optional dependency of a benchmark
-NEEDS = {"nni": "nni", "ray_speedup": "ray", "llm": "transformers"}
+NEEDS = {"nni": "nni", "ray_speedup": "ray", "llm": "transformers",
+         "llm_targets": "transformers"}
 NUMBER = re.compile(r"\d+\.\d+")
 
 

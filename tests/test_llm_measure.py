@@ -17,6 +17,8 @@ from autocompress.llm.measure import (
     deploy_lm,
     fixed_prompt,
     greedy_decode,
+    int8_dynamic,
+    int8_float_layers,
     measure_lm,
     peak_generation_bytes,
     perplexity,
@@ -111,10 +113,19 @@ def test_timings_are_finite_and_tokens_per_second_counts_only_decode_steps():
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # torch.load of packed int8
 def test_torch_int8_replaces_linear_layers_and_stays_close(tmp_path):
-    model, tokens = tiny_llama(), token_batch(4, 16)
+    model, tokens = tiny_llama(layers=3), token_batch(4, 16)
     deployed = deploy_lm(model, "torch-int8", threads=1)
-    assert not any(type(m) is nn.Linear for m in deployed.modules())
+    last = len(model.model.layers) - 1
+    floats = {name for name, m in deployed.named_modules() if type(m) is nn.Linear}
+    assert floats == set(int8_float_layers(model)) and floats == (
+        {f"model.layers.{i}.mlp.down_proj" for i in range(last + 1)}
+        | {f"model.layers.{i}.{part}" for i in (0, last) for part in (
+            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj")})
+    assert isinstance(deployed.model.layers[1].mlp.up_proj, DYNAMIC_LINEAR)
     assert isinstance(deployed.lm_head, DYNAMIC_LINEAR)
+    every = int8_dynamic(model, keep_float=[])
+    assert not any(type(m) is nn.Linear for m in every.modules())
     assert deployed.lm_head.weight().qscheme() in (torch.per_channel_affine,
                                                    torch.per_channel_symmetric)
     assert type(model.lm_head) is nn.Linear  # the float model is left as it was
