@@ -117,15 +117,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild trial N's compressed model from its recorded plan and the weights "
                     "the search kept (models/trial_N.acpk), measure it again, and write it. "
                     "Refuses (exit 2, nothing written) when validation or test accuracy "
-                    "differs from the recorded value by more than half a point.")
+                    "differs from the recorded value by more than half a point (perplexity: "
+                    "0.1%%).")
     export.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
     export.add_argument("--trial", type=int, required=True, metavar="N",
                         help="the trial number (see pareto.csv)")
     export.add_argument("--format", default="torchscript",
-                        choices=("torchscript", "onnx", "state_dict"),
+                        choices=("torchscript", "onnx", "state_dict", "hf"),
                         help="torchscript (torch alone loads it), onnx (onnxruntime; int8 where "
                              "the trial ran int8), state_dict (packed at the weights' bit "
-                             "width, with its loader)")
+                             "width, with its loader); a language model (task: causal_lm): "
+                             "hf, a Hugging Face folder (from_pretrained loads it)")
     export.add_argument("--out", required=True, metavar="PATH", help="folder to write into")
     export.add_argument("--study-out", metavar="DIR",
                         help="the study's output folder when STUDY is a file and the search "
@@ -276,6 +278,12 @@ def _export(args: argparse.Namespace) -> int:
     autocompress.check_output_folder(args.out, where="command line", field="--out")
     card = autocompress.export_trial(folder, args.trial, fmt=args.format, out=args.out)
     again = card["remeasured"]
+    if "perplexity" in again:
+        print(f"trial {args.trial} written to {args.out} ({args.format}); re-measured: "
+              f"validation perplexity {again['perplexity']:.2f} (recorded "
+              f"{card['recorded']['perplexity']:.2f}), test perplexity "
+              f"{again.get('test_perplexity', float('nan')):.2f}; load it with: {card['load']}")
+        return 0
     print(f"trial {args.trial} written to {args.out} ({args.format}); re-measured: validation "
           f"accuracy {100 * again['accuracy']:.2f}% (recorded "
           f"{100 * card['recorded']['accuracy']:.2f}%), test accuracy "

@@ -118,3 +118,7 @@ def unknown_key_error(where: str, key: str, allowed: Iterable[str]) -> ConfigErr
     return ConfigError(
         where, key, key, f"one of {', '.join(allowed)}{did_you_mean(key, allowed)}"
     )
+
+
+class ExportError(AutocompressError):
+    """The rebuilt model does not reproduce the trial, or cannot be written in that format."""

@@ -28,7 +28,7 @@ from autocompress import fingerprint, packing
 from autocompress.backends.record import load_results
 from autocompress.backends.storage import load_recorded_study
 from autocompress.config import FinetuneConfig, MeasureConfig, study_from_dict
-from autocompress.errors import AutocompressError, ConfigError
+from autocompress.errors import ConfigError, ExportError
 from autocompress.files import write_atomic
 from autocompress.measure import pack_model
 from autocompress.measure.runtime import export_onnx, int8_ready, quantize_int8
@@ -70,10 +70,6 @@ def load_model():
 '''
 
 
-class ExportError(AutocompressError):
-    """The rebuilt model does not reproduce the trial, or cannot be written in that format."""
-
-
 def describe_layers(model: nn.Module) -> list[dict[str, Any]]:
     """A flat nn.Sequential as a list of constructor calls (for the state_dict loader)."""
     if not isinstance(model, nn.Sequential):
@@ -103,28 +99,11 @@ def rebuild(folder: Path, trial_number: int, task: Task | None = None
     """(model with the trial's weights, task, recorded metrics, study record). A study run
     through the Python API needs its ``task`` (same teacher and data: checked)."""
     record = read_study_record(folder)
-    if (record.get("task") or {}).get("kind") == "causal_lm":
-        raise ExportError("export of causal_lm trials is not supported yet: the trial's packed "
-                          "model is models/trial_N.acpk (autocompress.llm.store.unpack reads it)")
     if not record.get("task") and task is None:
         raise ExportError("this study's teacher came through the Python API: export it there "
                           "(outcome.export(...), or autocompress.export_trial(folder, trial, "
                           "task=autocompress.Task(...)) with the same teacher and data)")
-    study = load_recorded_study(folder, record)
-    results = {r.number: r for r in load_results(study)}
-    if trial_number not in results:
-        raise ConfigError(str(folder), "--trial", trial_number,
-                          f"a trial number of this study (0..{len(study.trials) - 1})")
-    result = results[trial_number]
-    weights = folder / "models" / f"trial_{trial_number}.acpk"
-    if not result.ok:
-        raise ConfigError(str(folder), "--trial", trial_number,
-                          "a trial that finished training (see trials.csv: state complete, "
-                          "not stopped)")
-    if not weights.is_file():
-        raise ConfigError(str(folder), "--trial", trial_number,
-                          "a trial whose weights were kept (keep_models: front keeps the "
-                          "front's and the last trials'; all keeps every trial's)")
+    study, result, weights = _kept_trial(folder, record, trial_number)
     if task is None:
         config = study_from_dict({"name": record["name"], "task": record["task"],
                                   "finetune": record.get("finetune"),
@@ -146,14 +125,56 @@ def rebuild(folder: Path, trial_number: int, task: Task | None = None
     return model.eval(), task, dict(result.metrics), record
 
 
+def _kept_trial(folder: Path, record: dict, trial_number: int) -> tuple[Any, Any, Path]:
+    """(study, the trial's result, its kept weights file), or one line saying why not."""
+    study = load_recorded_study(folder, record)
+    results = {r.number: r for r in load_results(study)}
+    if trial_number not in results:
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          f"a trial number of this study (0..{len(study.trials) - 1})")
+    result = results[trial_number]
+    weights = folder / "models" / f"trial_{trial_number}.acpk"
+    if not result.ok:
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          "a trial that finished training (see trials.csv: state complete, "
+                          "not stopped)")
+    if not weights.is_file():
+        raise ConfigError(str(folder), "--trial", trial_number,
+                          "a trial whose weights were kept (keep_models: front keeps the "
+                          "front's and the last trials'; all keeps every trial's)")
+    return study, result, weights
+
+
+def _export_lm(folder: Path, record: dict, trial: int, fmt: str, out: Path,
+               task: Any) -> dict[str, Any]:
+    """A causal-LM study's trial: :mod:`autocompress.llm.export`."""
+    from autocompress.llm.export import export_lm_trial
+    from autocompress.llm.task import builtin_lm_task
+
+    study, result, weights = _kept_trial(folder, record, trial)
+    if task is None:
+        config = study_from_dict({"name": record["name"], "task": record["task"],
+                                  "measure": record.get("measure")}, where=str(folder))
+        task = builtin_lm_task(config, lambda _: None)
+    else:
+        _check_same_task(study, task)
+    return export_lm_trial(result, weights, task, record, trial=trial, fmt=fmt, out=out)
+
+
 def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
                  out: str | Path, task: Task | None = None) -> dict[str, Any]:
     """Rebuild, re-verify and write trial ``trial`` of the study in ``folder``; the side-card.
 
     ``task``: for a study run through the Python API, the same teacher and data as then."""
-    if fmt not in FORMATS:
-        raise ConfigError("command line", "--format", fmt, "one of " + ", ".join(FORMATS))
     folder, out = Path(folder), Path(out)
+    record = read_study_record(folder)
+    recorded_task = record.get("task")
+    if getattr(task, "kind", None) == "causal_lm" or (
+            isinstance(recorded_task, dict) and recorded_task.get("kind") == "causal_lm"):
+        return _export_lm(folder, record, trial, fmt, out, task)
+    if fmt not in FORMATS:
+        raise ConfigError("command line", "--format", fmt, "one of " + ", ".join(FORMATS)
+                          + " (hf: language models)")
     model, task, recorded, record = rebuild(folder, trial, task)
     measure = MeasureConfig(**record.get("measure", {}))
     metrics, measurement = measure_model(model, task, measure)

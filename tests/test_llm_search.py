@@ -135,3 +135,47 @@ def test_a_language_models_line_shows_perplexity_and_decode_speed():
     line = describe_metrics({"perplexity": 46.081, "accuracy": 0.32, "latency_ms": 412.34,
                              "tokens_per_s": 23.41, "memory_bytes": 538_100_326})
     assert line.startswith("ppl 46.08  412.3 ms prefill  23.4 tok/s  538")
+
+
+EXPORT_CHECK = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+from autocompress.llm.measure import perplexity
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+tokens = torch.tensor(json.loads(sys.argv[2]))
+print(json.dumps({"perplexity": perplexity(model, tokens),
+                  "layers": model.config.num_hidden_layers}))
+"""
+
+
+def test_a_trial_exports_as_a_hugging_face_folder_that_reloads_to_its_perplexity(tmp_path):
+    import subprocess
+    import sys
+
+    import autocompress
+    from autocompress.errors import ConfigError
+
+    teacher = tiny_llama(layers=3, hidden=32, heads=4, kv_heads=2, intermediate=64)
+    space = {"lm_student": {"drop_layers": [1], "ffn": [0.5], "heads": [0.5]},
+             "lm_distill": {"steps": [2]},
+             "lm_prune": {"method": ["wanda"], "ratio": [0.3]},
+             "lm_quantize": {"method": ["gptq"], "bits": [4], "group_size": [32],
+                             "embeddings": [8]}}
+    tokens = _task_tokens()
+    outcome = autocompress.search_lm(
+        teacher, **tokens, space=space, trials=1, sampler="random",
+        measure={"warmup": 1, "repeats": 3, "prompt_length": 8, "new_tokens": 4},
+        out_dir=tmp_path / "study", progress=None)
+    recorded = outcome.results[0].metrics
+    card = outcome.export(0, format="hf", path=tmp_path / "hf")
+    assert card["remeasured"]["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-6)
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    done = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(tmp_path / "hf"),
+                           json.dumps(tokens["val"].tolist())],
+                          capture_output=True, text=True, check=True)
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reloaded["layers"] == 2  # one of three dropped
+    assert reloaded["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
+    with pytest.raises(ConfigError, match="--format: got 'onnx', expected hf"):
+        outcome.export(0, format="onnx", path=tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
