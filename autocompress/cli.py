@@ -23,7 +23,7 @@ quantization and distillation, every trial fine-tuned and measured for real.
   autocompress validate studies/quickstart.yaml         check it, before a long run
   autocompress spaces                                   the shipped search spaces
 
-Outputs land in studies/<name>/: study.db (Optuna storage), teacher.pt/.json,
+Outputs land in studies/<name>/: study.journal (Optuna storage), teacher.pt/.json,
 trials.csv, pareto.csv and study.json. `autocompress COMMAND --help` tells more.
 """
 
@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--jobs", type=int, metavar="N",
                         help="worker processes on this machine sharing the study (default 1)")
     search.add_argument("--storage", metavar="URL",
-                        help="Optuna storage as a SQLAlchemy URL (default: sqlite:///"
-                             "<out>/study.db); PostgreSQL lets several machines share a study")
+                        help="Optuna storage as a SQLAlchemy URL (default: the journal file "
+                             "<out>/study.journal); PostgreSQL lets several machines share a "
+                             "study")
     search.add_argument("--backend", choices=("optuna", "ray"),
                         help="run trials in this process (optuna, the default) or on Ray Tune")
     search.add_argument("--address", metavar="ADDR",
@@ -148,6 +149,12 @@ def _refuse(flag: str, value: object, expected: str) -> autocompress.ConfigError
     return autocompress.ConfigError("command line", flag, value, expected)
 
 
+def _storage_file(out: Path) -> str:
+    """The folder's own storage file, as the study used it (an older folder keeps study.db)."""
+    return next((name for name in ("study.journal", "study.db") if (out / name).is_file()),
+                "its storage")
+
+
 def _search(args: argparse.Namespace) -> int:
     config = autocompress.load_study(args.study)
     if args.address is not None and args.backend == "optuna":
@@ -186,7 +193,7 @@ def _search(args: argparse.Namespace) -> int:
     else:
         print(outcome.front_table())
     print(f"\nwritten to {outcome.out_dir}/: report.html, pareto.csv, pareto.json, pareto.png, "
-          "trials.csv, study.json, study.db, teacher.json")
+          f"trials.csv, study.json, {_storage_file(outcome.out_dir)}, teacher.json")
     return 0
 
 

@@ -113,7 +113,7 @@ class StudyConfig:
     sampler: str = "nsga2"
     seed: int = 0
     trial_timeout: float | None = None   # seconds; a trial running longer fails
-    storage: str | None = None   # SQLAlchemy URL; default sqlite:///<out>/study.db
+    storage: str | None = None   # SQLAlchemy URL; default: the journal <out>/study.journal
     jobs: int = 1                # worker processes on this machine sharing the study
     predictor: bool = True       # skip training Plans a learned model confidently calls hopeless
     predictor_warmup: int = 30   # finished trials before the predictor starts judging

@@ -1,7 +1,7 @@
 """Run a study: the teacher, the search on a backend, the front, the output files.
 
-Outputs go to ``studies/<name>/`` (or ``out_dir``): ``study.db`` (Optuna SQLite storage, study
-name = ``<name>``), ``teacher.pt`` and ``teacher.json``, ``trials.csv`` and ``pareto.csv``.
+Outputs go to ``studies/<name>/`` (or ``out_dir``): ``study.journal`` (Optuna journal storage,
+study name = ``<name>``), ``teacher.pt`` and ``teacher.json``, ``trials.csv`` and ``pareto.csv``.
 Running a study again resumes it until it holds ``trials`` finished trials; it never starts
 over.
 """
@@ -22,7 +22,14 @@ from autocompress.backends import record
 from autocompress.backends.job import SearchJob, TrialSettings, backend
 from autocompress.backends.optuna_backend import check_settings, open_study, resume
 from autocompress.backends.parallel import check_picklable
-from autocompress.backends.storage import default_url, display, open_storage, recorded_url
+from autocompress.backends.storage import (
+    OWN_DATABASE,
+    OWN_JOURNAL,
+    default_url,
+    display,
+    open_storage,
+    recorded_url,
+)
 from autocompress.config import KEEP_LAST, StudyConfig, resolve_space
 from autocompress.errors import ConfigError, Interrupted, SearchStopped
 from autocompress.files import check_output_folder, study_lock, write_atomic
@@ -145,7 +152,7 @@ def _search(config: StudyConfig, task: Task | None, space: SearchSpace, out: Pat
     # Refusals first: a storage that cannot be opened, or a study of this name stored with other
     # settings, is refused before the teacher is trained or any file is written.
     storage = None
-    if config.storage or (out / "study.db").is_file():
+    if config.storage or (out / OWN_JOURNAL).is_file() or (out / OWN_DATABASE).is_file():
         storage = open_storage(url, where=storage_where, field=storage_field)
         check_settings(storage, config.name, settings, where=config.source)
     if task is None:
@@ -204,7 +211,7 @@ def _interrupted(study: Any, url: str, out: Path) -> str:
 
 
 def url_hint(url: str) -> str:
-    return display(url).removeprefix("sqlite:///")
+    return display(url).removeprefix("sqlite:///").removeprefix("journal:///")
 
 
 def _finish(job: SearchJob, study: Any, builtin: bool) -> StudyOutcome:

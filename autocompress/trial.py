@@ -50,9 +50,9 @@ from autocompress.result import (  # noqa: F401  (re-exported: the trial's publi
 from autocompress.spill import collect
 from autocompress.tasks import Task
 from autocompress.techniques import STRUCTURAL, distill
-from autocompress.techniques.common import Context, bake, count_parameters
+from autocompress.techniques.common import Context, bake, count_parameters, penultimate_features
 from autocompress.techniques.prune import sparsity
-from autocompress.techniques.training import Recipe, penultimate_features, recipe_for
+from autocompress.techniques.training import Recipe, recipe_for
 
 
 def _deploy(model: nn.Module, task: Task, settings: MeasureConfig) -> nn.Module:

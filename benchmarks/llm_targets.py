@@ -68,6 +68,13 @@ def _search(task: LMTask, measure: MeasureConfig, label: str, trials: int, folde
         out_dir=folder / label, name=label, progress=None)
 
 
+def _searched(space: dict) -> list[str]:
+    """The dimensions ``space`` searches (a range, or more than one value)."""
+    return [f"{section}.{name}" for section, params in space.items()
+            for name, values in params.items()
+            if isinstance(values, dict) or (isinstance(values, list) and len(values) > 1)]
+
+
 def paired_speedup(task: LMTask, member: autocompress.TrialResult, runtime: str,
                    measure: MeasureConfig, rounds: int) -> float:
     """Median over ``rounds`` of (member's decode tokens/s / the float teacher's), each round
@@ -115,7 +122,7 @@ def main(size: str = "full") -> Headline:
             rows.append([f"{label} within +{limit}%", runtime, f"{_increase(m, teacher):+.1f}%",
                          f"{_increase(m, teacher, 'test_'):+.1f}%",
                          f"{smaller:.2f}x", f"{faster:.2f}x",
-                         choices(pick, list(pick.plan.choices))[:80]])
+                         choices(pick, _searched(SEARCHES[label][0]))])
     print(table(["member (chosen on val)", "runtime", "val ppl", "test ppl", "smaller",
                  "decode (paired)", "choices"], rows))
     smaller, faster = figures["smallest"], figures["fastest"]

@@ -23,6 +23,7 @@ import statistics
 import optuna
 
 import autocompress
+from autocompress.backends.storage import default_url, open_storage
 from benchmarks.common import ROOT, Headline, run, scratch, sized, study, table
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -53,8 +54,8 @@ def hypervolumes(space: str, seeds: int, checkpoints: list[int], folder, size: s
 
 def _completion_times(folder, name: str) -> list[float]:
     """Seconds from the first trial's start to each trial's completion, in trial order."""
-    trials = optuna.load_study(study_name=name,
-                               storage=f"sqlite:///{folder / 'study.db'}").trials
+    storage = open_storage(default_url(folder))
+    trials = optuna.load_study(study_name=name, storage=storage).trials
     start = min(t.datetime_start for t in trials if t.datetime_start)
     return [((t.datetime_complete or t.datetime_start) - start).total_seconds()
             for t in sorted(trials, key=lambda t: t.number)]

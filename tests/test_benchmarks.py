@@ -44,7 +44,8 @@ EXPECTED = {
     "controller": Expect(
         ("ms per trial", "of a quickstart trial"),
         ("trivial objective, 10 trials", "trivial objective, 20 trials",
-         "Optuna alone on SQLite", "Optuna alone on memory", "quickstart trial (median of 2)"),
+         "trivial objective on SQLite, 10 trials", "Optuna alone on SQLite",
+         "Optuna alone on memory", "quickstart trial (median of 2)"),
         frozenset({"ms_per_trial", "share_percent", "growth"})),
     "constraint_first": Expect(
         ("stop s", "full s", "ratio"), ("study: 3 trials", "over budget on"),

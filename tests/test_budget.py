@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import folder_storage
 
 import autocompress
 from autocompress.budget import Budget, format_violations
@@ -154,7 +155,7 @@ def test_stopped_trials_teach_the_sampler_through_optuna_constraints(budget_stud
     import optuna
 
     out, _ = budget_study
-    study = optuna.load_study(study_name="budgeted", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="budgeted", storage=folder_storage(out))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     # Optuna's list form (the one optuna-dashboard reads), in the budget's order (memory_bytes,
     # accuracy); the names and measured values are the trial's "constraints" attribute

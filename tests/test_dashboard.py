@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import folder_storage
 
 import autocompress
 
@@ -60,7 +61,7 @@ def dashboard(outcome, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("dashboard-log") / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-c", SERVE, f"sqlite:///{outcome.out_dir / 'study.db'}", str(port)],
+            [sys.executable, "-c", SERVE, str(outcome.out_dir / "study.journal"), str(port)],
             stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -129,7 +130,7 @@ def test_every_trial_shows_its_constraints(outcome, detail):
     assert shown == {n: [r.constraints[name] for name in names] for n, r in results.items()}
     # Optuna's samplers read the same values from the same place.
     study = optuna.load_study(study_name="dashboard",
-                              storage=f"sqlite:///{outcome.out_dir / 'study.db'}")
+                              storage=folder_storage(outcome.out_dir))
     assert {t.number: list(t.constraints.values()) for t in study.trials} == shown
 
 

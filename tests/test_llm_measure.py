@@ -11,14 +11,13 @@ import torch
 from llm_tiny import tiny_llama, token_batch
 from torch import nn
 
+from autocompress.llm.int8 import int8_dynamic, int8_float_layers
 from autocompress.llm.measure import (
     check_cache_layout,
     decode_speed,
     deploy_lm,
     fixed_prompt,
     greedy_decode,
-    int8_dynamic,
-    int8_float_layers,
     measure_lm,
     peak_generation_bytes,
     perplexity,

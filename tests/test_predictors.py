@@ -7,6 +7,7 @@ import json
 import numpy as np
 import optuna
 import pytest
+from helpers import folder_storage
 
 import autocompress
 from autocompress.config import study_from_dict
@@ -64,7 +65,7 @@ def test_a_search_with_the_predictor_records_skipped_plans(digits, mlp_teacher, 
     outcome = autocompress.run_study(config, out_dir=tmp_path)
     skipped = [r for r in outcome.results if r.stopped(Stop.SKIPPED)]
     assert len(outcome.results) == 30 and len(skipped) <= 0.5 * 20
-    stored = optuna.load_study(study_name="recorded", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    stored = optuna.load_study(study_name="recorded", storage=folder_storage(tmp_path))
     summary = json.loads((tmp_path / "study.json").read_text())["predictor"]
     assert summary["skipped"] == len(skipped)
     errors = summary["cross_validated_mean_abs_error"]  # reported once 10 trials are trained

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from helpers import folder_storage
 
 import autocompress
 from autocompress.config import study_from_dict
@@ -53,7 +54,7 @@ def ray_run(local_ray, tmp_path_factory):
 def test_a_study_runs_on_local_ray_and_lands_in_optuna_storage(ray_run):
     out, outcome = ray_run
     assert len(outcome.results) == 4 and all(r.state != "failed" for r in outcome.results)
-    study = optuna.load_study(study_name="raytest", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="raytest", storage=folder_storage(out))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done
     for trial in done:
@@ -87,7 +88,7 @@ def test_the_predictor_judges_ray_trials_before_they_train(local_ray, tmp_path):
              "finetune": {"epochs": 1}}
     outcome = autocompress.run_study(study_from_dict(study), out_dir=tmp_path)
     assert len(outcome.results) == 14
-    stored = optuna.load_study(study_name="judged", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    stored = optuna.load_study(study_name="judged", storage=folder_storage(tmp_path))
     judged = [t for t in stored.trials if "prediction" in t.user_attrs]
     assert judged  # the workers asked the driver-side predictor once 5 trials were measured
     for trial in judged:
@@ -120,7 +121,7 @@ def test_a_killed_worker_is_retried_and_the_study_completes(local_ray, tmp_path)
     outcome = box["outcome"]
     assert len(outcome.results) == 2 and all(r.state == "complete" for r in outcome.results)
     study = optuna.load_study(study_name="killed",
-                              storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+                              storage=folder_storage(tmp_path / 'out'))
     final_pids = {t.user_attrs["node"]["pid"] for t in study.trials}
     assert victim not in final_pids  # the killed attempt was replaced by a retry
     assert len(list(pids.iterdir())) >= 2  # the retry ran in a new worker process
@@ -145,7 +146,7 @@ def test_a_killed_driver_is_resumed_without_losing_a_finished_trial(local_ray, t
     while time.monotonic() < deadline and driver.poll() is None:
         try:
             trials = optuna.load_study(study_name="driver",
-                                       storage=f"sqlite:///{out / 'study.db'}").trials
+                                       storage=folder_storage(out)).trials
         except Exception:
             trials = []
         if any(t.state == States.COMPLETE for t in trials) and \
@@ -154,7 +155,7 @@ def test_a_killed_driver_is_resumed_without_losing_a_finished_trial(local_ray, t
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     driver.wait(timeout=30)
-    stored = optuna.load_study(study_name="driver", storage=f"sqlite:///{out / 'study.db'}")
+    stored = optuna.load_study(study_name="driver", storage=folder_storage(out))
     before = {t.number: t.values for t in stored.trials if t.state == States.COMPLETE}
     running = [t.number for t in stored.trials if t.state == States.RUNNING]
     assert before and running, "the driver was not caught mid-study"
@@ -162,7 +163,7 @@ def test_a_killed_driver_is_resumed_without_losing_a_finished_trial(local_ray, t
 
     outcome = autocompress.run_study(study_from_dict(yaml.safe_load(study.read_text())),
                                      out_dir=out)
-    stored = optuna.load_study(study_name="driver", storage=f"sqlite:///{out / 'study.db'}")
+    stored = optuna.load_study(study_name="driver", storage=folder_storage(out))
     assert {n: stored.trials[n].values for n in before} == before
     retried = {t.user_attrs.get("retry_of") for t in stored.trials}
     assert set(sampled) <= retried  # a trial killed before its choices were drawn has none
@@ -199,7 +200,7 @@ def test_a_language_model_study_runs_on_ray_as_on_optuna(local_ray, tmp_path):
         out_dir=tmp_path, progress=None)
     assert len(outcome.results) == 3
     assert all(r.ok for r in outcome.results), [r.reason for r in outcome.results]
-    study = optuna.load_study(study_name="custom_lm", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.load_study(study_name="custom_lm", storage=folder_storage(tmp_path))
     for trial in study.trials:
         assert {"perplexity", "tokens_per_s", "memory_bytes", "node"} <= set(trial.user_attrs)
         assert trial.user_attrs["measurement"]["latency"]["threads"] == 1  # cpus_per_trial

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from helpers import folder_storage
 
 pytest.importorskip("ray")
 
@@ -62,7 +63,7 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(two_node_cluster, tmp_pa
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     stored = optuna.load_study(study_name="cluster",
-                               storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+                               storage=folder_storage(tmp_path / 'out'))
     nodes = {t.user_attrs["node"]["node_id"] for t in stored.trials if "node" in t.user_attrs}
     assert len(nodes) == 2
 

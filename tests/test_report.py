@@ -35,6 +35,23 @@ def study_folder(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def sqlite_folder(tmp_path_factory):
+    """A folder whose study lives in its own study.db, as every folder did before the journal
+    became the default (and as ``storage: sqlite:///<folder>/study.db`` still makes)."""
+    out = tmp_path_factory.mktemp("report-sqlite")
+    config = study_from_dict({
+        "name": "reported", "task": {"dataset": "digits", "teacher": "lenet300",
+                                     "teacher_epochs": 2},
+        "measure": {"warmup": 1, "repeats": 3}, "finetune": {"epochs": 1},
+        "trials": 2, "sampler": "random", "seed": 4,
+        "storage": f"sqlite:///{out / 'study.db'}"})
+    autocompress.run_study(config, out_dir=out)
+    assert json.loads((out / "study.json").read_text())["storage"] == "study.db"
+    assert not (out / "study.journal").exists()
+    return out
+
+
 def test_a_search_leaves_every_report_file(study_folder):
     for name in ("report.html", "pareto.json", "pareto.png", "trials.csv", "pareto.csv"):
         assert (study_folder / name).stat().st_size > 0, name
@@ -137,12 +154,17 @@ def _damaged(study_folder, tmp_path, name, content):
     ("study.json", b'{"name": "x", "objectives": "accuracy"}', "objectives"),
     ("teacher.json", None, "no teacher.json"),
     ("teacher.json", b"\xff\xfe\x00", "a damaged file"),
+    ("study.journal", None, "no study.journal"),
+    ("study.journal", b"", "an empty file"),
+    ("study.journal", b"hello, this is not a journal\n", "not an Optuna journal (line 1)"),
     ("study.db", b"", "an empty file (0 bytes)"),
     ("study.db", b"hello, this is not a database at all", "not a SQLite database"),
 ])
-def test_report_on_a_damaged_folder_is_one_line_and_modifies_nothing(study_folder, tmp_path,
-                                                                      name, content, said):
-    copy, _ = _damaged(study_folder, tmp_path, name, content)
+def test_report_on_a_damaged_folder_is_one_line_and_modifies_nothing(study_folder, sqlite_folder,
+                                                                      tmp_path, name, content,
+                                                                      said):
+    folder = sqlite_folder if name == "study.db" else study_folder
+    copy, _ = _damaged(folder, tmp_path, name, content)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
     done = _cli("report", str(copy))
     assert done.returncode == 2, done.stderr[-1500:]
@@ -151,10 +173,19 @@ def test_report_on_a_damaged_folder_is_one_line_and_modifies_nothing(study_folde
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
-def test_a_foreign_sqlite_database_is_refused_untouched(study_folder, tmp_path):
+def test_a_folder_with_its_own_sqlite_database_still_reports(sqlite_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sqlite_folder, copy)
+    (copy / "report.html").unlink()
+    done = _cli("report", str(copy))
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (copy / "report.html").is_file() and not (copy / "study.journal").exists()
+
+
+def test_a_foreign_sqlite_database_is_refused_untouched(sqlite_folder, tmp_path):
     import sqlite3
 
-    copy, path = _damaged(study_folder, tmp_path, "study.db", None)
+    copy, path = _damaged(sqlite_folder, tmp_path, "study.db", None)
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE notes (text TEXT)")
     before = path.read_bytes()
@@ -165,12 +196,12 @@ def test_a_foreign_sqlite_database_is_refused_untouched(study_folder, tmp_path):
 
 def test_a_moved_study_folder_reads_itself_only(study_folder, tmp_path):
     record = json.loads((study_folder / "study.json").read_text())
-    assert record["storage"] == "study.db"  # relative: the folder's own database
+    assert record["storage"] == "study.journal"  # relative: the folder's own journal
     moved = tmp_path / "elsewhere" / "moved"
     shutil.copytree(study_folder, moved)
     (moved / "report.html").unlink()
-    original = study_folder / "study.db"
-    hidden = study_folder / "study.db.away"
+    original = study_folder / "study.journal"
+    hidden = study_folder / "study.journal.away"
     original.rename(hidden)  # the original place has no database while the copy is read
     try:
         done = _cli("report", str(moved))

@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from helpers import folder_storage
 
 import autocompress
 from autocompress.backends.record import REASON_ATTR, RETRY_ATTR, count_finished, load_results
@@ -46,14 +47,14 @@ def search(study: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 
 def load(out: Path, name: str = "resilient") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return optuna.load_study(study_name=name, storage=folder_storage(out))
 
 
 def wait_until_running(out: Path, *, finished: int, timeout: float = 300) -> None:
     """Until the study holds ``finished`` finished trials and one is running right now."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (out / "study.db").exists():
+        if (out / "study.journal").exists():
             try:
                 trials = load(out).trials
             except (KeyError, Exception):  # not created yet, or locked this instant
@@ -142,7 +143,7 @@ def test_a_study_in_postgresql(postgres_url, tmp_path):
     config = study_from_dict({**STUDY, "trials": 3, "finetune": {"epochs": 1},
                               "storage": postgres_url})
     outcome = autocompress.run_study(config, out_dir=tmp_path / "out")
-    assert not (tmp_path / "out" / "study.db").exists()
+    assert not (tmp_path / "out" / "study.journal").exists()
     stored = optuna.load_study(study_name="resilient", storage=postgres_url)
     assert count_finished(stored) == 3 and len(outcome.results) == 3
     # report and export find the study through the URL recorded in study.json
@@ -245,7 +246,7 @@ def test_two_searches_started_together_on_one_fresh_folder_end_with_the_asked_tr
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
     assert sum("waiting: another search is running" in out_ for out_, _ in outputs) == 1
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}").trials
+    trials = optuna.load_study(study_name="tiny", storage=folder_storage(out)).trials
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
 
 
@@ -317,13 +318,14 @@ def test_jobs_killed_with_sigkill_leave_no_worker_and_resume_to_the_exact_count(
                    if "spawn" in " ".join(c.cmdline())]
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    finished_at_kill = count_finished(load(out)) if (out / "study.db").exists() else 0
+    finished_at_kill = count_finished(load(out)) if (out / "study.journal").exists() else 0
     _, alive = psutil.wait_procs(workers, timeout=60)
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"workers outlived their killed driver: {[p.pid for p in alive]}"
     time.sleep(1)
     # an orphaned worker would have gone on and finished trials, racing the resumed run
-    assert (count_finished(load(out)) if (out / "study.db").exists() else 0) == finished_at_kill
+    stored = out / "study.journal"
+    assert (count_finished(load(out)) if stored.exists() else 0) == finished_at_kill
 
     again = search(study, out, "--jobs", "2")
     _, stderr = again.communicate(timeout=600)

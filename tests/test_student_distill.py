@@ -11,8 +11,8 @@ from autocompress.errors import TrialError
 from autocompress.plan import Plan
 from autocompress.tasks import accuracy
 from autocompress.techniques import student
-from autocompress.techniques.common import weight_layers
-from autocompress.techniques.training import fit, penultimate_features
+from autocompress.techniques.common import penultimate_features, weight_layers
+from autocompress.techniques.training import fit
 
 
 def test_dropping_a_layer_bridges_it_linearly_and_keeps_layer_names(mlp_teacher):

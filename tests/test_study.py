@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from helpers import folder_storage
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -38,7 +39,7 @@ def two_runs(tmp_path_factory):
 
 def test_outputs_are_written(two_runs):
     out, _, _second = two_runs
-    for name in ("study.db", "teacher.pt", "teacher.json", "trials.csv", "pareto.csv"):
+    for name in ("study.journal", "teacher.pt", "teacher.json", "trials.csv", "pareto.csv"):
         assert (out / name).is_file(), name
     teacher = json.loads((out / "teacher.json").read_text())
     assert {"accuracy", "latency_ms", "memory_bytes"} <= set(teacher)
@@ -56,7 +57,7 @@ def test_second_run_completes_the_study_to_its_trial_count(two_runs):
     out, first, second = two_runs
     assert len(first.results) == 3 and len(second.results) == 5
     assert [r.number for r in second.results] == [0, 1, 2, 3, 4]
-    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    stored = optuna.load_study(study_name="tiny", storage=folder_storage(out))
     assert len(stored.trials) == 5
     # the teacher was trained once and reloaded: same weights, same accuracy
     assert first.teacher["accuracy"] == second.teacher["accuracy"]
@@ -64,7 +65,7 @@ def test_second_run_completes_the_study_to_its_trial_count(two_runs):
 
 def test_metrics_and_choices_are_visible_to_any_optuna_client(two_runs):
     out, _, _ = two_runs
-    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    stored = optuna.load_study(study_name="tiny", storage=folder_storage(out))
     trial = next(t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE)
     for key in ("accuracy", "latency_ms", "memory_bytes", "plan", "measurement"):
         assert key in trial.user_attrs

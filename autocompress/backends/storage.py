@@ -1,23 +1,33 @@
 """Where a study lives: opening its Optuna storage, and the bookkeeping that makes resuming safe.
 
-Every Optuna-backend trial sends a heartbeat; a trial whose heartbeat stops (its process was
-killed) is failed by Optuna's stale-trial check. A trial left failed without a recorded reason
-(killed, interrupted by Ctrl-C, or left running by a dead Ray driver) is *abandoned*: the next run
-enqueues its choices again, marked ``retry_of``, and runs them with the same seed. A study's
-``trials`` counts finished trials (complete, stopped, or failed for a recorded reason), so the
-same command run again completes the study instead of starting more.
+The default is an Optuna journal file in the study folder (``studies/<name>/study.journal``): an
+append-only log of the study's changes, several times cheaper per trial than SQLite (each
+``suggest`` is one appended line, not a transaction and a re-read), readable by optuna-dashboard
+and ``autocompress report``. Worker processes (``--jobs``) append to it under Optuna's file lock.
+Like SQLite's ``synchronous=NORMAL`` here, a line reaches the disk when the system writes it back,
+not at once: a killed process loses nothing, a power cut at most the last lines.
 
-SQLite is the default (``studies/<name>/study.db``): one file, readable by optuna-dashboard and by
-``autocompress report``. Several worker processes share it in WAL mode (readers never block the
-one writer) with a 60 s busy timeout, so a worker waits for the lock rather than failing. Any
-other SQLAlchemy URL (PostgreSQL, MySQL) works the same way and lets workers on several machines
-share one study.
+A journal has no heartbeats. It needs none: a search holds a lock on its folder for as long as it
+runs (:func:`autocompress.files.study_lock`; the kernel releases it when the process dies, kill -9
+included), so a search that starts on a folder is the only one, and every trial the journal shows
+running was left by a search that is gone: it is failed at once, and retried. A SQLAlchemy URL
+(``storage:``; PostgreSQL lets workers on several machines share a study) keeps Optuna's
+heartbeats: every trial sends one, and one that stops (its process was killed) is failed by the
+stale-trial check. Folders written before the journal hold ``study.db`` (SQLite) and go on using
+it.
+
+A trial left failed without a recorded reason (killed, interrupted by Ctrl-C, or left running by
+a dead driver) is *abandoned*: the next run enqueues its choices again, marked ``retry_of``, and
+runs them with the same seed. A study's ``trials`` counts finished trials (complete, stopped, or
+failed for a recorded reason), so the same command run again completes the study instead of
+starting more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import time
 import warnings
 from pathlib import Path
@@ -39,8 +49,25 @@ GRACE_S = 5          # and is taken for dead when it has not for this long
 SQLITE_TIMEOUT_S = 60
 
 
+OWN_DATABASE = "study.db"  # the folder's own SQLite file (folders written before the journal)
+OWN_JOURNAL = "study.journal"  # the folder's own journal file (the default)
+JOURNAL_SCHEME = "journal:///"
+
+
 def default_url(out_dir: Path) -> str:
-    return f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+    """The folder's own storage: its journal file, or the SQLite file an older search left."""
+    out_dir = Path(out_dir)
+    if (out_dir / OWN_DATABASE).is_file() and not (out_dir / OWN_JOURNAL).exists():
+        return _sqlite_url(out_dir)
+    return f"{JOURNAL_SCHEME}{(out_dir / OWN_JOURNAL).resolve()}"
+
+
+def _sqlite_url(out_dir: Path) -> str:
+    return f"sqlite:///{(Path(out_dir) / OWN_DATABASE).resolve()}"
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith(JOURNAL_SCHEME)
 
 
 def display(url: str) -> str:
@@ -53,11 +80,17 @@ def display(url: str) -> str:
 
 
 def open_storage(url: str, *, where: str = "command line", field: str = "storage",
-                 heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """RDBStorage with heartbeats (and WAL for SQLite), or one ConfigError line saying why not.
+                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """The folder's journal (``journal:///path``), or RDBStorage with heartbeats (and WAL for
+    SQLite); one ConfigError line saying why not.
 
     ``heartbeat=False`` for ask-and-tell clients (Ray's searcher), which send none.
     """
+    if is_journal(url):
+        path = Path(url[len(JOURNAL_SCHEME) - 1:])
+        if not path.parent.is_dir():
+            raise ConfigError(where, field, url, "a journal file whose folder exists")
+        return optuna.storages.JournalStorage(_JournalFile(str(path)))
     engine_kwargs = {}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
@@ -80,6 +113,20 @@ def open_storage(url: str, *, where: str = "command line", field: str = "storage
                           f"postgresql://user@host:5432/db); opening it failed: "
                           f"{reason[:200]}") from None
     return storage
+
+
+class _JournalFile(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, appended without an ``fsync`` per line: that sync was most of a
+    trial's bookkeeping (29 lines a trial, 0.5 ms each here); the lock, the append and the
+    flush to the system are Optuna's own."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        from optuna.storages.journal._file import get_lock_file
+
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with get_lock_file(self._lock), open(self._file_path, "ab") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
 
 
 def _sqlite_pragmas(engine) -> None:
@@ -112,8 +159,8 @@ def fail_dead_trials(study: optuna.Study, *, without_heartbeat: bool = False) ->
     if not running:
         return []
     numbers = []
-    if without_heartbeat:
-        beating = _with_heartbeat(storage, study)
+    if without_heartbeat or not _has_heartbeats(storage):
+        beating = _with_heartbeat(storage, study) if _has_heartbeats(storage) else set()
         for trial in running:
             if trial._trial_id not in beating:
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -141,6 +188,10 @@ def fail_dead_trials(study: optuna.Study, *, without_heartbeat: bool = False) ->
     return numbers
 
 
+def _has_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(getattr(storage, "_backend", storage), optuna.storages.RDBStorage)
+
+
 def _with_heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study) -> set[int]:
     from optuna.storages._rdb import models
 
@@ -166,13 +217,36 @@ def requeue_abandoned(study: optuna.Study) -> list[int]:
     return queued
 
 
-OWN_DATABASE = "study.db"  # study.json's storage for the folder's own SQLite file
-
-
 def recorded_url(url: str, out_dir: Path) -> str:
-    """What ``study.json`` records: ``study.db`` for the folder's own SQLite file (so a copied or
-    moved folder reads itself, never the original place), else the URL without its password."""
-    return OWN_DATABASE if url == default_url(out_dir) else display(url)
+    """What ``study.json`` records: ``study.journal`` (or ``study.db``) for the folder's own
+    file (so a copied or moved folder reads itself, never the original place), else the URL
+    without its password."""
+    if url == f"{JOURNAL_SCHEME}{(Path(out_dir) / OWN_JOURNAL).resolve()}":
+        return OWN_JOURNAL
+    return OWN_DATABASE if url == _sqlite_url(out_dir) else display(url)
+
+
+def check_journal(path: Path) -> None:
+    """A study.journal to read must be lines of Optuna's journal: one line otherwise."""
+    where = str(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(where, None, f"unreadable ({exc.strerror})",
+                          "the study.journal a search wrote") from None
+    if not text.strip():
+        raise ConfigError(where, None, "an empty file", "the study.journal a search wrote")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            entry = None
+        if not isinstance(entry, dict) or "op_code" not in entry:
+            if number == len(lines) and not text.endswith(b"\n"):
+                continue  # a last line cut short by a kill: Optuna reads the rest
+            raise ConfigError(where, None, f"not an Optuna journal (line {number})",
+                              "the study.journal a search wrote")
 
 
 def check_database(path: Path) -> None:
@@ -212,13 +286,20 @@ def load_recorded_study(folder: Path, record: dict) -> optuna.Study:
     url = record.get("storage") or OWN_DATABASE
     if not isinstance(url, str):
         raise ConfigError(str(Path(folder) / "study.json"), "storage", url, "a storage URL")
-    if url == OWN_DATABASE or (url.startswith("sqlite:") and url.endswith("/study.db")):
+    if url == OWN_JOURNAL:
+        own = Path(folder) / OWN_JOURNAL
+        if not own.is_file():
+            raise ConfigError(str(folder), None, "no study.journal",
+                              "the output folder of a search (studies/<name>/)")
+        check_journal(own)
+        url = f"{JOURNAL_SCHEME}{own.resolve()}"
+    elif url == OWN_DATABASE or (url.startswith("sqlite:") and url.endswith("/study.db")):
         own = Path(folder) / OWN_DATABASE
         if not own.is_file():
             raise ConfigError(str(folder), None, "no study.db",
                               "the output folder of a search (studies/<name>/)")
         check_database(own)
-        url = default_url(folder)
+        url = _sqlite_url(folder)
     if "***" in url:
         raise ConfigError(str(folder), "storage", url,
                           "a storage URL without a password, or one that reads it from the "

@@ -1,6 +1,6 @@
 """Everything in a study's output folder that people read, rebuilt from the folder alone.
 
-``write_report(folder)`` reads ``study.db``, ``study.json`` and ``teacher.json`` and writes
+``write_report(folder)`` reads the study's storage, ``study.json`` and ``teacher.json`` and writes
 ``report.html``, ``pareto.json`` and ``pareto.png`` (and the CSVs): the end of every search calls
 it, and so does ``autocompress report`` at any later time.
 """

@@ -9,7 +9,7 @@ notes, the block map; :class:`Registered`, written only through the context's me
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from autocompress.errors import TrialError
 from autocompress.params import Param
 from autocompress.plan import Plan
+from autocompress.spill import collect
 
 if TYPE_CHECKING:
     from autocompress.techniques.training import Trainer
@@ -142,3 +143,23 @@ def bake(model: nn.Module) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The inputs of ``model``'s last weight layer on ``x``, flattened per example (the
+    teacher's features that distillation matches; mapped to a file when ``x`` is)."""
+    last = weight_layers(model)[-1][1]
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_pre_hook(lambda _, args: captured.append(args[0].flatten(1)))
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(x), 1024):
+            model(x[start : start + 1024])
+            yield captured.pop()
+
+    try:
+        model.eval()
+        with torch.inference_mode():
+            return collect(batches(), like=x, name="teacher-features")
+    finally:
+        handle.remove()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,7 +36,6 @@ from torch import nn
 
 from autocompress.errors import TrialError
 from autocompress.plan import Plan
-from autocompress.spill import collect
 from autocompress.techniques.common import weight_layers
 from autocompress.techniques.encoder import Encoder
 
@@ -106,25 +105,6 @@ def kd_loss(
         log_target=True,
     )
     return alpha * soft * temperature**2 + (1.0 - alpha) * hard
-
-
-def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The inputs of ``model``'s last weight layer on ``x`` (flattened per example)."""
-    last = weight_layers(model)[-1][1]
-    captured: list[torch.Tensor] = []
-    handle = last.register_forward_pre_hook(lambda _, args: captured.append(args[0].flatten(1)))
-
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, len(x), 1024):
-            model(x[start : start + 1024])
-            yield captured.pop()
-
-    try:
-        model.eval()
-        with torch.inference_mode():
-            return collect(batches(), like=x, name="teacher-features")
-    finally:
-        handle.remove()
 
 
 class _FeatureMatch:
