@@ -142,13 +142,19 @@ def _search(task: LMTask, space: Any, trials: int, measure: MeasureConfig, folde
         name="llm", progress=None)
 
 
-def main(size: str = "full") -> Headline:
+def measured_teacher(size: str) -> tuple[LMTask, MeasureConfig, dict[str, float]]:
+    """The task, the measurement settings and the float32 teacher's figures, printed."""
     task, measure = _task(size), _measure(size)
     started = time.perf_counter()
     teacher, _ = measure_lm_teacher(task, measure)
-    print(f"teacher: validation perplexity {teacher['perplexity']:.2f}, test "
+    print(f"teacher (float32, torch): validation perplexity {teacher['perplexity']:.2f}, test "
           f"{teacher['test_perplexity']:.2f}, {teacher['tokens_per_s']:.1f} tokens/s, "
           f"{teacher['memory_bytes'] / 1e6:.1f} MB ({time.perf_counter() - started:.0f} s)")
+    return task, measure, teacher
+
+
+def main(size: str = "full") -> Headline:
+    task, measure, teacher = measured_teacher(size)
     rows, single = _single_rows(task, measure, teacher)
     print(table(["technique alone", "val ppl", "test ppl", "test increase", "smaller", "s"], rows))
     trials = sized(size, full=16, quick=6, smoke=2)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -36,9 +35,9 @@ import autocompress
 from autocompress.config import MeasureConfig
 from autocompress.llm.measure import decode_speed, deploy_lm
 from autocompress.llm.task import LMTask
-from autocompress.llm.trial import cut, measure_lm_teacher
+from autocompress.llm.trial import cut
 from benchmarks.common import Headline, choices, scratch, sized, table
-from benchmarks.llm import _increase, _measure, _task
+from benchmarks.llm import _increase, measured_teacher
 
 SMALL_SPACE = {  # a float32 token table alone is a fifth of the teacher: 8 bits, fixed
     "lm_prune": {"method": ["wanda", "sparsegpt"], "ratio": {"low": 0.0, "high": 0.2}},
@@ -93,12 +92,7 @@ def paired_speedup(task: LMTask, member: autocompress.TrialResult, runtime: str,
 
 
 def main(size: str = "full") -> Headline:
-    task, measure = _task(size), _measure(size)
-    started = time.perf_counter()
-    teacher, _ = measure_lm_teacher(task, measure)
-    print(f"teacher (float32, torch): validation perplexity {teacher['perplexity']:.2f}, test "
-          f"{teacher['test_perplexity']:.2f}, {teacher['tokens_per_s']:.1f} tokens/s, "
-          f"{teacher['memory_bytes'] / 1e6:.1f} MB ({time.perf_counter() - started:.0f} s)")
+    task, measure, teacher = measured_teacher(size)
     trials = sized(size, full=12, quick=6, smoke=2)
     rows, figures = [], {}
     with scratch() as folder:
