@@ -151,7 +151,9 @@ def _refuse(flag: str, value: object, expected: str) -> autocompress.ConfigError
 
 def _storage_file(out: Path) -> str:
     """The folder's own storage file, as the study used it (an older folder keeps study.db)."""
-    return next((name for name in ("study.journal", "study.db") if (out / name).is_file()),
+    from autocompress.backends.storage import OWN_DATABASE, OWN_JOURNAL
+
+    return next((name for name in (OWN_JOURNAL, OWN_DATABASE) if (out / name).is_file()),
                 "its storage")
 
 

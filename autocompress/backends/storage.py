@@ -59,7 +59,11 @@ def default_url(out_dir: Path) -> str:
     out_dir = Path(out_dir)
     if (out_dir / OWN_DATABASE).is_file() and not (out_dir / OWN_JOURNAL).exists():
         return _sqlite_url(out_dir)
-    return f"{JOURNAL_SCHEME}{(out_dir / OWN_JOURNAL).resolve()}"
+    return _journal_url(out_dir)
+
+
+def _journal_url(out_dir: Path) -> str:
+    return f"{JOURNAL_SCHEME}{(Path(out_dir) / OWN_JOURNAL).resolve()}"
 
 
 def _sqlite_url(out_dir: Path) -> str:
@@ -221,7 +225,7 @@ def recorded_url(url: str, out_dir: Path) -> str:
     """What ``study.json`` records: ``study.journal`` (or ``study.db``) for the folder's own
     file (so a copied or moved folder reads itself, never the original place), else the URL
     without its password."""
-    if url == f"{JOURNAL_SCHEME}{(Path(out_dir) / OWN_JOURNAL).resolve()}":
+    if url == _journal_url(out_dir):
         return OWN_JOURNAL
     return OWN_DATABASE if url == _sqlite_url(out_dir) else display(url)
 
@@ -292,7 +296,7 @@ def load_recorded_study(folder: Path, record: dict) -> optuna.Study:
             raise ConfigError(str(folder), None, "no study.journal",
                               "the output folder of a search (studies/<name>/)")
         check_journal(own)
-        url = f"{JOURNAL_SCHEME}{own.resolve()}"
+        url = _journal_url(folder)
     elif url == OWN_DATABASE or (url.startswith("sqlite:") and url.endswith("/study.db")):
         own = Path(folder) / OWN_DATABASE
         if not own.is_file():

@@ -11,6 +11,7 @@ the tokenizer where the task has one: ``AutoModelForCausalLM.from_pretrained(fol
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -32,8 +33,6 @@ TOLERANCE = 1e-3  # relative difference of perplexity allowed between the search
 
 def rebuild_lm(result: TrialResult, weights: Path, task: LMTask) -> torch.nn.Module:
     """The trial's model: the teacher cut as ``result.plan`` says, with the kept weights."""
-    import copy
-
     model = copy.deepcopy(task.teacher)
     torch.manual_seed(result.plan.seed)
     cut(model, result.plan, task.calibration)
