@@ -17,7 +17,13 @@ import yaml
 from helpers import folder_storage
 
 import autocompress
-from autocompress.backends.record import REASON_ATTR, RETRY_ATTR, count_finished, load_results
+from autocompress.backends.record import (
+    REASON_ATTR,
+    RETRY_ATTR,
+    abandoned,
+    count_finished,
+    load_results,
+)
 from autocompress.config import study_from_dict
 from autocompress.errors import ConfigError
 from autocompress.pareto import pareto_front
@@ -115,11 +121,17 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_saved(tmp_path):
     wait_until_running(out, finished=2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    finished = count_finished(load(out))
+    stored = load(out)
+    finished = count_finished(stored)
     assert f"interrupted: {finished} finished trials are saved" in stderr
-    assert "will be retried" in stderr and "the same command resumes" in stderr
+    assert "the same command resumes" in stderr
+    # a signal that lands while a trial computes fails it, to be retried; one that lands while
+    # storage is written waits for the write, and then no trial is left running
+    interrupted = [t.number for t in abandoned(stored)]
+    assert ("will be retried" in stderr) == bool(interrupted), (stderr, interrupted)
+    assert not [t for t in stored.trials if t.state == States.RUNNING]
     assert len(pd.read_csv(out / "trials.csv")) == len(load(out).trials)
 
 
@@ -213,6 +225,42 @@ def test_the_failure_rule_counts_this_runs_first_ten_trials():
     check_failures(study)  # the study's first ten are unchanged
     with pytest.raises(autocompress.TooManyFailures, match="6 of the first 6"):
         check_failures(study, since=10)
+
+
+def test_ctrl_c_while_storage_is_written_waits_for_the_write_and_stops_a_trial_at_once():
+    """Optuna's tell interrupted midway escapes as UnboundLocalError (exit 1, a traceback):
+    the gate lets Ctrl-C land only while a trial computes."""
+    import os
+
+    from autocompress.backends.optuna_backend import InterruptGate
+
+    def ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    gate = InterruptGate()
+    try:
+        with gate.installed():
+            ctrl_c()  # storage being written: the write goes on
+            reached = True
+            with pytest.raises(KeyboardInterrupt):
+                gate.check()  # the loop's next step stops
+            gate.check()  # once
+            with pytest.raises(KeyboardInterrupt), gate.opened():  # a trial computing
+                ctrl_c()
+                time.sleep(5)
+                pytest.fail("a computing trial was not interrupted")
+            with pytest.raises(KeyboardInterrupt), gate.opened():
+                with gate.closed():  # the predictor's verdict written inside a trial
+                    ctrl_c()
+                    reached_inner = True
+                pytest.fail("the waiting interrupt was not raised when the write ended")
+            with gate.opened():
+                pass  # a trial that computes without a Ctrl-C ends normally
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert reached and reached_inner
 
 
 def test_a_worker_whose_parent_died_while_it_started_exits_at_once():

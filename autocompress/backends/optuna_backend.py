@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -204,6 +206,62 @@ def _jsonable(value: Any) -> Any:
 Runner = Callable[..., TrialResult]
 
 
+class InterruptGate:
+    """Ctrl-C stops a trial only while it computes (build, fine-tune, measure). One that lands
+    while Optuna or this module writes to storage waits until the write is done: an interrupt
+    inside Optuna's ``tell`` escapes it as an ``UnboundLocalError`` and can leave a journal
+    half applied. Installed only in the main thread over Python's default handler; elsewhere
+    it changes nothing."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.pending = False
+
+    def _on_sigint(self, _signum: int, _frame: Any) -> None:
+        if self.open:
+            self.open = False
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        """Raise the interrupt that waited, if one did."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def opened(self):
+        self.check()
+        self.open = True
+        try:
+            yield
+        finally:
+            self.open = False
+        self.check()
+
+    @contextlib.contextmanager
+    def closed(self):
+        was, self.open = self.open, False
+        try:
+            yield
+        finally:
+            self.open = was
+        if was:
+            self.check()
+
+    @contextlib.contextmanager
+    def installed(self):
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield self
+            return
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def optimize(
     study: optuna.Study,
     space: SearchSpace,
@@ -233,17 +291,19 @@ def optimize(
     with its original seed.
     """
     stand_in = dict(stand_in or {})
+    gate = InterruptGate()
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         plan = record.sample_plan(trial, space, seed=seed)
         judge = None
         if predictor is not None:
             def judge(measured: Mapping[str, float]) -> str:
-                verdict = judge_plan(predictor, trial.study, plan, objectives, measured)
-                if verdict is None:
-                    return ""
-                trial.set_user_attr(PREDICTION_ATTR, verdict.to_dict())
-                return verdict.reason if verdict.skip else ""
+                with gate.closed():
+                    verdict = judge_plan(predictor, trial.study, plan, objectives, measured)
+                    if verdict is None:
+                        return ""
+                    trial.set_user_attr(PREDICTION_ATTR, verdict.to_dict())
+                    return verdict.reason if verdict.skip else ""
 
         curve: list[float] = []
         shadow = early_stopping.start() if early_stopping else None
@@ -252,8 +312,9 @@ def optimize(
             shadow.report(accuracy, epoch)
             return shadow.should_prune()
 
-        result = run(plan, should_stop=should_stop if shadow else None,
-                     on_epoch=lambda epoch, accuracy: curve.append(accuracy), judge=judge)
+        with gate.opened():
+            result = run(plan, should_stop=should_stop if shadow else None,
+                         on_epoch=lambda epoch, accuracy: curve.append(accuracy), judge=judge)
         result.number = trial.number
         if shadow is not None:
             early_stopping.finish(shadow, curve, pruned=result.state == PRUNED)
@@ -268,14 +329,16 @@ def optimize(
 
     running = optuna.trial.TrialState.RUNNING
     since = len(study.trials)
-    with optuna_quiet():
+    with optuna_quiet(), gate.installed():
         for _ in range(n_trials):
+            gate.check()
             if target is not None and sum(  # finished here or running anywhere: one read
                     is_counted(t) or t.state == running
                     for t in study.get_trials(deepcopy=False)) >= target:
                 break
             study.optimize(objective, n_trials=1, catch=(_TrialFailed,))
             check_failures(study, since=since)
+        gate.check()
 
 
 REFIT_EVERY = 5  # finished trials between refits of the predictor
