@@ -31,6 +31,8 @@ SUITE = {
 ON_THEIR_OWN = {
     "any_model": "benchmarks.any_model",  # an 11M-parameter teacher: about an hour in full
     "front_vs_teacher": "benchmarks.front_vs_teacher",
+    # LeNet-300 and LeNet-5 on the full Fashion-MNIST, 60 trials x 5 seeds: hours
+    "deep_compression_fashion": "benchmarks.deep_compression_fashion",
     "ray_speedup": "benchmarks.ray_speedup",
     "llm": "benchmarks.llm",  # SmolLM2-135M: about an hour in full, half an hour quick
     "llm_targets": "benchmarks.llm_targets",  # SmolLM2 searched under its budgets

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 import autocompress
 
@@ -125,6 +128,29 @@ def most_compressed(outcome: autocompress.StudyOutcome, points: float
     report the best of several draws on the split meant to stay unseen)."""
     close = within(outcome, points, on="accuracy")
     return max(close, key=lambda m: compression(outcome, m), default=None)
+
+
+def accuracy_interval(accuracy: float, n: int, *, level: float = 0.95, draws: int = 10_000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy measured on ``n`` test images.
+
+    Resampling the ``n`` per-image outcomes (right or wrong) with replacement draws the count
+    right from Binomial(n, accuracy), so the accuracy and ``n`` are all it needs."""
+    if n < 1 or not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy_interval: got accuracy {accuracy!r} on {n!r} images")
+    resampled = np.random.default_rng(seed).binomial(n, accuracy, size=draws) / n
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """``median (lowest-highest)`` of several seeds' figures, each written with ``fmt``."""
+    if not values:
+        raise ValueError("spread: no values")
+    text = fmt.format(statistics.median(values))
+    return text if len(values) == 1 else (
+        f"{text} ({fmt.format(min(values))}-{fmt.format(max(values))})")
 
 
 def choices(member: autocompress.TrialResult, searched: list[str]) -> str:

@@ -54,8 +54,11 @@ EXPECTED = {
         ("teacher ms", "member ms", "speed-up", "trials", "wall s"), ("batch 256",),
         frozenset({"speedup_at_batch_256"})),
     "deep_compression": Expect(
-        ("teacher test acc", "teacher size", "compression", "paper", "trials"), ("lenet300",),
-        frozenset({"compression_lenet300"})),
+        ("teacher test acc", "teacher size", "member test acc (95% CI)", "compression", "paper",
+         "trials"), ("lenet300 seed 0",), frozenset({"compression_lenet300"})),
+    "deep_compression_fashion": Expect(
+        ("teacher test acc", "member test acc (95% CI)", "compression", "trials"),
+        ("lenet300 seed 0",), frozenset({"compression_lenet300"})),
     "techniques": Expect(
         ("space", "compression", "test acc", "size", "choices", "wall s"),
         ("pruning only", "quantization only", "distillation only", "joint"),
@@ -163,11 +166,35 @@ def test_runner_runs_a_smoke_form_and_summarises_it(teachers):
     assert 0 < ratio < 1  # a stop costs a fraction of the full trial of the same plan
 
 
-@pytest.mark.parametrize("script", ["front_vs_teacher.py", "ray_speedup.py"])
+@pytest.mark.parametrize("script", ["front_vs_teacher.py", "ray_speedup.py",
+                                    "deep_compression.py"])
 def test_scripts_with_options_of_their_own_still_start_as_scripts(script):
     done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--smoke" in done.stdout, done.stderr[-2000:]
+
+
+def test_accuracy_interval_is_the_bootstrap_of_the_per_image_outcomes():
+    """The binomial shortcut against a plain bootstrap of a 0/1 vector; width goes as 1/sqrt(n)."""
+    import numpy as np
+
+    low, high = common.accuracy_interval(0.9, 750)
+    right = np.r_[np.ones(675), np.zeros(75)]
+    rng = np.random.default_rng(1)
+    plain = [rng.choice(right, size=750).mean() for _ in range(4000)]
+    assert abs(low - np.quantile(plain, 0.025)) < 0.004
+    assert abs(high - np.quantile(plain, 0.975)) < 0.004
+    assert low < 0.9 < high and 0.035 < high - low < 0.05  # 2 x 1.96 x sqrt(.09 / 750) = 0.043
+    low10k, high10k = common.accuracy_interval(0.9, 10_000)
+    assert 0.2 < (high10k - low10k) / (high - low) < 0.35  # sqrt(750 / 10000) = 0.27
+    assert common.accuracy_interval(1.0, 50) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        common.accuracy_interval(float("nan"), 10)
+
+
+def test_spread_is_the_median_and_the_range():
+    assert common.spread([3.0, 1.0, 2.0, 10.0], "{:.1f}x") == "2.5x (1.0x-10.0x)"
+    assert common.spread([4.0], "{:.1f}") == "4.0"
 
 
 def test_unknown_benchmark_is_refused_with_the_names():
