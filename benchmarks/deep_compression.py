@@ -15,7 +15,9 @@ validation accuracy is within 0.5 points of the teacher's, the largest compressi
 (teacher's stored bytes over the member's) is reported with that member's **test** accuracy, a
 split the search and the selection never saw, and its 95% bootstrap interval. Each seed is a
 whole search (sampler and fine-tuning) from the same cached teacher; the last rows give the
-median over seeds and the spread (lowest to highest).
+median over seeds and the spread (lowest to highest). A seed meets the paper when its member
+is at least as compressed and no more than 0.5 points below the teacher on *test*; the
+benchmark's target is met when most seeds do.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def main(size: str = "full", *, dataset: str = "mnist5k", teachers: list[str] | 
     trials = trials or sized(size, full=60, quick=15, smoke=3)
     seeds = seeds or sized(size, full=5, quick=1, smoke=1)
     test_size = len(load_dataset("digits" if size == "smoke" else dataset).test.y)
-    rows, details, medians, met = [], [], {}, []
+    rows, details, medians, passed = [], [], {}, {}
     with scratch() as folder:
         for teacher in teachers:
             found, figures = [], {}
@@ -107,16 +109,16 @@ def main(size: str = "full", *, dataset: str = "mnist5k", teachers: list[str] | 
                 found.append(one)
                 details.append(one.detail)
                 rows.append(_row(teacher, figures, one, test_size))
-            target, _, _, _ = PAPER[teacher]
+            target = PAPER[teacher][0]
             ratios = [f.ratio for f in found]
             medians[teacher] = statistics.median(ratios)
-            met.append(medians[teacher] >= target)
+            passed[teacher] = sum(_met(teacher, f) for f in found)
             if seeds > 1:
                 drops = [f.test_drop for f in found if f.test_drop is not None]
                 rows.append([f"{teacher} median of {seeds}", "", "",
                              f"drop {spread(drops, '{:.2f}')}" if drops else "-", "",
                              spread(ratios, "{:.1f}x"), f"{target:.0f}x",
-                             "yes" if met[-1] else "no", "", ""])
+                             f"{passed[teacher]}/{seeds}", "", ""])
     print(f"data: {dataset if size != 'smoke' else 'digits (smoke)'}, test split "
           f"{test_size:,} images; member chosen on validation, test reported with its 95% "
           "bootstrap interval")
@@ -126,12 +128,22 @@ def main(size: str = "full", *, dataset: str = "mnist5k", teachers: list[str] | 
         print(line)
     text = (f"{dataset}: largest compression within {WITHIN} validation points, median of "
             f"{seeds} seed{'s' if seeds > 1 else ''}: "
-            + ", ".join(f"{t} {medians[t]:.1f}x (Deep Compression {PAPER[t][0]:.0f}x)"
-                        for t in teachers)
+            + ", ".join(f"{t} {medians[t]:.1f}x (Deep Compression {PAPER[t][0]:.0f}x; "
+                        f"{passed[t]}/{seeds} seeds at least that and within {WITHIN} test "
+                        "points)" for t in teachers)
             + f", {trials} trials each")
     print(text)
-    return Headline(f"compression vs Deep Compression ({dataset})", text, all(met),
-                    {f"compression_{t}": ratio for t, ratio in medians.items()})
+    figures = {f"compression_{t}": ratio for t, ratio in medians.items()}
+    figures.update({f"seeds_met_{t}": float(k) for t, k in passed.items()})
+    # met: in most seeds, the member chosen on validation beats the paper's ratio on test's terms
+    return Headline(f"compression vs Deep Compression ({dataset})", text,
+                    all(2 * k > seeds for k in passed.values()), figures)
+
+
+def _met(teacher: str, found: Found) -> bool:
+    """The paper's ratio or more, and no more than WITHIN points below the teacher on test."""
+    return (found.ratio >= PAPER[teacher][0] and found.test_drop is not None
+            and found.test_drop <= WITHIN + 1e-9)
 
 
 def _row(teacher: str, t: dict[str, float], found: Found, test_size: int) -> list[str]:
@@ -147,7 +159,7 @@ def _row(teacher: str, t: dict[str, float], found: Found, test_size: int) -> lis
             f"{100 * t['test_accuracy']:.2f}% (paper {paper_acc:.2f}%)",
             f"{t['memory_bytes'] / 1e3:.0f} kB (paper {before / 1e3:.0f})",
             member, f"{size} (paper {after / 1e3:.0f})", f"{found.ratio:.1f}x",
-            f"{target:.0f}x", "yes" if found.ratio >= target else "no", found.trials,
+            f"{target:.0f}x", "yes" if _met(teacher, found) else "no", found.trials,
             f"{found.wall:.0f}"]
 
 
