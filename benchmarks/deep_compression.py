@@ -62,6 +62,7 @@ class Found:
     ratio: float  # 0.0 when no member is within WITHIN validation points
     test_accuracy: float | None
     test_drop: float | None  # teacher's test accuracy minus the member's, in points
+    val_drop: float | None  # the same on validation, where the member was chosen
     bytes: float | None
     trials: int
     wall: float
@@ -84,11 +85,12 @@ def search(teacher: str, dataset: str, trials: int, seed: int, folder: Path, siz
     best = most_compressed(outcome, WITHIN)
     t = outcome.teacher
     if best is None:
-        return Found(seed, 0.0, None, None, None, len(outcome.results), wall,
+        return Found(seed, 0.0, None, None, None, None, len(outcome.results), wall,
                      f"{teacher} seed {seed}: no member within {WITHIN} validation points"), t
     test = best.metrics["test_accuracy"]
     return Found(seed, compression(outcome, best), test, 100 * (t["test_accuracy"] - test),
-                 best.metrics["memory_bytes"], len(outcome.results), wall,
+                 100 * (t["accuracy"] - best.metrics["accuracy"]), best.metrics["memory_bytes"],
+                 len(outcome.results), wall,
                  f"{teacher} seed {seed} trial {best.number}: "
                  + choices(best, list(outcome.space.searched))), t
 
@@ -153,7 +155,7 @@ def _row(teacher: str, t: dict[str, float], found: Found, test_size: int) -> lis
     else:
         low, high = accuracy_interval(found.test_accuracy, test_size)
         member = (f"{100 * found.test_accuracy:.2f}% ({100 * low:.1f}-{100 * high:.1f}), "
-                  f"drop {found.test_drop:.2f}")
+                  f"drop {found.test_drop:.2f} (val {found.val_drop:.2f})")
         size = f"{found.bytes / 1e3:.1f} kB"
     return [f"{teacher} seed {found.seed}",
             f"{100 * t['test_accuracy']:.2f}% (paper {paper_acc:.2f}%)",
