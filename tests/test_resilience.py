@@ -232,7 +232,7 @@ def test_ctrl_c_while_storage_is_written_waits_for_the_write_and_stops_a_trial_a
     the gate lets Ctrl-C land only while a trial computes."""
     import os
 
-    from autocompress.backends.optuna_backend import InterruptGate
+    from autocompress.backends.interrupts import InterruptGate
 
     def ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGINT)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import signal
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autocompress.backends import record
+from autocompress.backends.interrupts import InterruptGate
 from autocompress.backends.record import (
     CURVE_ATTR,
     PREDICTION_ATTR,
@@ -204,62 +203,6 @@ def _jsonable(value: Any) -> Any:
 
 
 Runner = Callable[..., TrialResult]
-
-
-class InterruptGate:
-    """Ctrl-C stops a trial only while it computes (build, fine-tune, measure). One that lands
-    while Optuna or this module writes to storage waits until the write is done: an interrupt
-    inside Optuna's ``tell`` escapes it as an ``UnboundLocalError`` and can leave a journal
-    half applied. Installed only in the main thread over Python's default handler; elsewhere
-    it changes nothing."""
-
-    def __init__(self) -> None:
-        self.open = False
-        self.pending = False
-
-    def _on_sigint(self, _signum: int, _frame: Any) -> None:
-        if self.open:
-            self.open = False
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def check(self) -> None:
-        """Raise the interrupt that waited, if one did."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def opened(self):
-        self.check()
-        self.open = True
-        try:
-            yield
-        finally:
-            self.open = False
-        self.check()
-
-    @contextlib.contextmanager
-    def closed(self):
-        was, self.open = self.open, False
-        try:
-            yield
-        finally:
-            self.open = was
-        if was:
-            self.check()
-
-    @contextlib.contextmanager
-    def installed(self):
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-            yield self
-            return
-        signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def optimize(
