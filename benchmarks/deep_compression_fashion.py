@@ -4,8 +4,8 @@ training images, searched as in ``deep_compression`` (60 trials, 5 seeds: hours 
     .venv/bin/python -m benchmarks deep_compression_fashion [--quick | --smoke]
     .venv/bin/python benchmarks/deep_compression.py --dataset fashion_mnist [--trials N] ...
 
-``--quick``: LeNet-300-100 only, 10 trials, 1 seed (about 10 minutes once its teacher is
-cached). The smoke form is ``deep_compression``'s (the 8x8 digits).
+``--quick``: LeNet-300-100 only, 10 trials, 1 seed (about 1.5 minutes, and about a minute more
+the first time, to train its teacher). The smoke form is ``deep_compression``'s (the 8x8 digits).
 """
 
 from __future__ import annotations
