@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks deep_compression [--quick | --smoke]      (mnist5k)
     .venv/bin/python -m benchmarks deep_compression_fashion [--quick | --smoke]
     .venv/bin/python benchmarks/deep_compression.py [--dataset D] [--teachers T ...]
-                                                    [--trials N] [--seeds S] [--smoke]
+                                                    [--trials N] [--seeds S] [--first-seed K]
+                                                    [--smoke]
 
 The paper: LeNet-300-100 shrank 40x (1070 kB to 27 kB) and LeNet-5 39x (1720 kB to 44 kB)
 with no accuracy loss, on the full MNIST (60,000 training images). Here each teacher is trained
@@ -96,7 +97,9 @@ def search(teacher: str, dataset: str, trials: int, seed: int, folder: Path, siz
 
 
 def main(size: str = "full", *, dataset: str = "mnist5k", teachers: list[str] | None = None,
-         trials: int | None = None, seeds: int | None = None) -> Headline:
+         trials: int | None = None, seeds: int | None = None, first_seed: int = 0) -> Headline:
+    """Seeds ``first_seed`` onwards: a long run can be split across processes, each seed's
+    search being deterministic on CPU for a given teacher."""
     teachers = teachers or sized(size, full=["lenet300", "lenet5"], quick=["lenet300"],
                                  smoke=["lenet300"])
     trials = trials or sized(size, full=60, quick=15, smoke=3)
@@ -106,7 +109,7 @@ def main(size: str = "full", *, dataset: str = "mnist5k", teachers: list[str] | 
     with scratch() as folder:
         for teacher in teachers:
             found, figures = [], {}
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 one, figures = search(teacher, dataset, trials, seed, folder, size)
                 found.append(one)
                 details.append(one.detail)
@@ -173,14 +176,18 @@ def cli() -> None:
     parser.add_argument("--teachers", nargs="+", choices=sorted(PAPER))
     parser.add_argument("--trials", type=int, help="trials per search (default 60)")
     parser.add_argument("--seeds", type=int, help="searches per teacher, seeds 0.. (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (default 0): run seeds 1-4 after a run of seed 0")
     parser.add_argument("--smoke", action="store_const", const="smoke", default="full",
                         dest="size", help="the smallest run (the 8x8 digits, 3 trials)")
     args = parser.parse_args()
     for name in ("trials", "seeds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name}: got {getattr(args, name)}, expected a whole number >= 1")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed: got {args.first_seed}, expected a whole number >= 0")
     main(args.size, dataset=args.dataset, teachers=args.teachers, trials=args.trials,
-         seeds=args.seeds)
+         seeds=args.seeds, first_seed=args.first_seed)
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ EXPECTED = {
         ("teacher test acc", "member test acc (95% CI)", "compression", "trials"),
         ("lenet300 seed 0",), frozenset({"compression_lenet300"})),
     "techniques": Expect(
-        ("space", "compression", "test acc", "size", "choices", "wall s"),
+        ("space", "compression", "test acc", "test drop", "size", "choices", "wall s"),
         ("pruning only", "quantization only", "distillation only", "joint"),
-        frozenset({"joint_compression", "best_single_compression"})),
+        frozenset({"joint_compression", "best_single_compression", "seeds_joint_ahead"})),
     "search_efficiency": Expect(
         ("HV@2", "HV@3", "vs random @2", "vs random @3"),
         ("default, nsga2", "default, tpe", "default, random", "random, full-cost trials",
