@@ -65,9 +65,9 @@ EXPECTED = {
         frozenset({"joint_compression", "best_single_compression", "seeds_joint_ahead"})),
     "search_efficiency": Expect(
         ("HV@2", "HV@3", "vs random @2", "vs random @3"),
-        ("default, nsga2", "default, tpe", "default, random", "random, full-cost trials",
-         "TPE + constraint-first + median pruner"),
-        frozenset({"final_hv_full_cost_random", "final_hv_everything_on"})),
+        ("default, nsga2", "default, tpe", "default, random",
+         "seed 0: random, full-cost trials", "seed 0: TPE + constraint-first + median pruner"),
+        frozenset({"final_hv_full_cost_random", "final_hv_everything_on", "time_ratio"})),
     "predictor": Expect(
         ("wall s", "final HV", "HV per minute", "skipped"),
         ("seed 0, predictor off", "seed 0, predictor on"),
@@ -167,7 +167,7 @@ def test_runner_runs_a_smoke_form_and_summarises_it(teachers):
 
 
 @pytest.mark.parametrize("script", ["front_vs_teacher.py", "ray_speedup.py",
-                                    "deep_compression.py"])
+                                    "deep_compression.py", "search_efficiency.py"])
 def test_scripts_with_options_of_their_own_still_start_as_scripts(script):
     done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
