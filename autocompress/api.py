@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.backends.parallel import leave_if_reimporting_main
 from autocompress.budget import Budget
 from autocompress.config import resolve_space, study_from_dict
 from autocompress.errors import ConfigError
@@ -66,14 +67,17 @@ def search(
     the allowed ones). ``batch_size``, ``threads``, ``runtime`` and ``finetune_epochs`` are
     shortcuts into ``measure`` and ``finetune``. ``student_factory(plan, teacher)`` builds the
     student when the teacher cannot be traced. With ``jobs`` > 1 the metric and factory must be
-    module-level functions. A split over ``max_split_bytes`` (2 GiB) is written once to
-    ``spill_dir`` (default: a temporary folder) and read from there through a memory map.
+    module-level functions, and a script must call ``search`` under ``if __name__ ==
+    "__main__":`` (each worker re-imports it; an unguarded call is refused). A split over
+    ``max_split_bytes`` (2 GiB) is written once to ``spill_dir`` (default: a temporary folder)
+    and read from there through a memory map.
 
     >>> outcome = autocompress.search(model, train=(x, y), val=(xv, yv),  # doctest: +SKIP
     ...                               budget={"max_accuracy_drop": 1}, trials=30)
     >>> best = outcome.front.members[0].number                           # doctest: +SKIP
     >>> outcome.export(best, format="onnx", path="exported/")           # doctest: +SKIP
     """
+    leave_if_reimporting_main()  # a --jobs worker re-running an unguarded script: no work
     if "task" in study:
         raise ConfigError("search()", "task", study["task"],
                           "no task keyword: the teacher and data are search()'s arguments")
@@ -157,6 +161,8 @@ def search_lm(
     """
     from autocompress.llm.task import LMTask
     from autocompress.llm.text import token_sequences
+
+    leave_if_reimporting_main()
 
     def tokens(split: str, data: Any) -> Any:
         if data is None or isinstance(data, torch.Tensor):

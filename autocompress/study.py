@@ -21,7 +21,11 @@ from autocompress import fingerprint, predictors, preflight
 from autocompress.backends import record
 from autocompress.backends.job import SearchJob, TrialSettings, backend
 from autocompress.backends.optuna_backend import check_settings, open_study, resume
-from autocompress.backends.parallel import check_picklable
+from autocompress.backends.parallel import (
+    check_main_guard,
+    check_picklable,
+    leave_if_reimporting_main,
+)
 from autocompress.backends.storage import (
     OWN_DATABASE,
     OWN_JOURNAL,
@@ -104,6 +108,7 @@ def run_study(
     worker leaves its process id, so a test can kill one). Ctrl-C or too many failing trials
     raise :class:`SearchStopped` after the outputs of the finished trials are written.
     """
+    leave_if_reimporting_main()  # before any work: a worker re-running an unguarded script
     progress = progress or _quiet
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
@@ -123,6 +128,8 @@ def run_study(
         task.check_forward(where=config.source)
         for note in task.notes:
             progress(f"data: {note}")
+    if config.jobs > 1:
+        check_main_guard(config.source)
     if config.jobs > 1 and task is not None:
         check_picklable(task, where=config.source)
     builtin = task is None

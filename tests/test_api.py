@@ -143,3 +143,45 @@ def test_kept_weights_follow_keep_models(mlp_teacher, digits, tmp_path, policy):
     last = sorted(r.number for r in outcome.results)[-10:]
     expected = ({m.number for m in outcome.front.members} | set(last)) & trained
     assert kept == expected and len(kept) < len(trained)
+
+
+UNGUARDED = '''
+import torch
+import autocompress
+print("top level ran")
+x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+def go():
+    autocompress.search(torch.nn.Linear(8, 2), train=(x, y), val=(x, y), trials=2, jobs=2,
+                        out_dir="out", progress=lambda _: None)
+go()
+'''
+
+
+def test_jobs_from_a_script_without_a_main_guard_is_refused_before_any_work(tmp_path):
+    """Each spawned worker re-imports the script: unguarded, it would search again and wait
+    forever on the study's lock, held by its parent (it used to hang)."""
+    (tmp_path / "run.py").write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout.count("top level ran") == 1  # no worker ran
+    assert ("search(): jobs: got 'a call on line 9 of" in done.stderr
+            and 'if __name__ == "__main__":' in done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_worker_re_importing_an_unguarded_script_leaves_at_once_saying_why(tmp_path):
+    """The fallback where the script cannot be read before the workers start: the worker exits
+    with its own code and one line, instead of starting the search again."""
+    (tmp_path / "run.py").write_text(
+        "import multiprocessing\n"
+        "from autocompress.backends.parallel import leave_if_reimporting_main\n"
+        "leave_if_reimporting_main()\n"
+        "print('reached', flush=True)\n"
+        "def nothing():\n    pass\n"
+        "if __name__ == '__main__':\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=nothing)\n"
+        "    p.start(); p.join(); print('worker exit code', p.exitcode)\n")
+    done = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.splitlines() == ["reached", "worker exit code 3"], done.stdout
+    assert "put it under `if __name__ == \"__main__\":`" in done.stderr

@@ -9,16 +9,76 @@ travels pickled: a user's metric or student factory must be a module-level funct
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from autocompress.errors import ConfigError, SearchStopped
 
 WorkerBody = Callable[[int, int], None]
+# a worker's exit code when it found itself re-running the user's script (no main guard)
+UNGUARDED = 3
+MAIN_GUARD = ("1, or a script whose call sits under `if __name__ == \"__main__\":` (each "
+              "worker process re-imports the script that started the search)")
+
+
+def check_main_guard(where: str = "jobs") -> None:
+    """Refuse ``jobs`` > 1 from a script whose search call is not under a main guard, before any
+    work: each spawned worker would re-run it (see :func:`leave_if_reimporting_main`).
+
+    The outermost frame running the ``__main__`` script's top level is found on the stack and
+    its line looked up in the script's syntax tree. Without a script file (a notebook,
+    ``python -c``) there is nothing to re-run and nothing to check."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    line = None
+    while frame is not None:  # the last one found is the outermost
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if path is None or line is None:
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            if not _is_main_guard(node):
+                raise ConfigError(where, "jobs", f"a call on line {line} of {path}", MAIN_GUARD)
+            return
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    return (len(sides) == 2 and isinstance(node.test.ops[0], ast.Eq)
+            and {ast.dump(s) for s in sides} == {ast.dump(ast.Name("__name__", ast.Load())),
+                                                  ast.dump(ast.Constant("__main__"))})
+
+
+def leave_if_reimporting_main() -> None:
+    """Called where a search starts. A spawned worker re-imports the script that started it;
+    a script whose ``search(..., jobs=N)`` is not under a main guard would start the search
+    again inside the worker and wait forever for the study's lock, which its parent holds
+    while waiting for it. The worker leaves at once instead, and the parent says why.
+
+    ``_inheriting`` is multiprocessing's own flag for this phase (its ``spawn`` module checks
+    it to refuse starting processes from a re-imported main module)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        print("autocompress: a worker process re-imported the script that started the search "
+              "and found the search call again; put it under `if __name__ == \"__main__\":`",
+              file=sys.stderr, flush=True)
+        os._exit(UNGUARDED)
 
 
 def shares(remaining: int, jobs: int) -> list[int]:
@@ -90,6 +150,8 @@ def run_workers(body: WorkerBody, *, remaining: int, jobs: int, where: str = "jo
         raise
     if not errors.empty():
         raise SearchStopped(errors.get())
+    if any(p.exitcode == UNGUARDED for p in processes):
+        raise ConfigError(where, "jobs", jobs, MAIN_GUARD)
     crashed = [p.name for p in processes if p.exitcode not in (0, None)]
     if crashed:
         raise SearchStopped(f"worker process(es) {', '.join(crashed)} died (exit codes "
