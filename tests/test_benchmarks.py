@@ -67,7 +67,7 @@ EXPECTED = {
         ("HV@2", "HV@3", "vs random @2", "vs random @3"),
         ("default, nsga2", "default, tpe", "default, random",
          "seed 0: random, full-cost trials", "seed 0: TPE + constraint-first + median pruner"),
-        frozenset({"final_hv_full_cost_random", "final_hv_everything_on", "time_ratio"})),
+        frozenset({"final_hv_full_cost_random", "final_hv_everything_on"})),
     "predictor": Expect(
         ("wall s", "final HV", "HV per minute", "skipped"),
         ("seed 0, predictor off", "seed 0, predictor on"),
