@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.backends.parallel import leave_if_reimporting_main
+from autocompress.backends.parallel import check_main_guard, leave_if_reimporting_main
 from autocompress.budget import Budget
 from autocompress.config import resolve_space, study_from_dict
 from autocompress.errors import ConfigError
@@ -93,6 +93,8 @@ def search(
     fields["finetune"] = _with_shortcuts("finetune", finetune, {"epochs": finetune_epochs},
                                          defaults={"epochs": 3})
     config = study_from_dict(fields, where="search()")
+    if config.jobs > 1:
+        check_main_guard("search()")  # before the data is wrapped (and maybe spilled)
     if isinstance(space, Mapping):
         space = SearchSpace.from_dict(space, where="search(space=...)")
     elif not isinstance(space, SearchSpace):

@@ -109,6 +109,8 @@ def run_study(
     raise :class:`SearchStopped` after the outputs of the finished trials are written.
     """
     leave_if_reimporting_main()  # before any work: a worker re-running an unguarded script
+    if config.jobs > 1:
+        check_main_guard(config.source)
     progress = progress or _quiet
     out = Path(out_dir) if out_dir is not None else Path("studies") / config.name
     if space is None:
@@ -128,8 +130,6 @@ def run_study(
         task.check_forward(where=config.source)
         for note in task.notes:
             progress(f"data: {note}")
-    if config.jobs > 1:
-        check_main_guard(config.source)
     if config.jobs > 1 and task is not None:
         check_picklable(task, where=config.source)
     builtin = task is None

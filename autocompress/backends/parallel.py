@@ -37,13 +37,14 @@ def check_main_guard(where: str = "jobs") -> None:
     ``python -c``) there is nothing to re-run and nothing to check."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    frame = sys._getframe(1)
-    line = None
+    if path is None:
+        return
+    frame, line = sys._getframe(1), None
     while frame is not None:  # the last one found is the outermost
         if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
             line = frame.f_lineno
         frame = frame.f_back
-    if path is None or line is None:
+    if line is None:
         return
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
