@@ -51,8 +51,8 @@ EXPECTED = {
         ("stop s", "full s", "ratio"), ("study: 3 trials", "over budget on"),
         frozenset({"median_ratio"})),
     "speedup": Expect(
-        ("teacher ms", "member ms", "speed-up", "trials", "wall s"), ("batch 256",),
-        frozenset({"speedup_at_batch_256"})),
+        ("teacher ms", "member ms", "speed-up", "trials", "wall s"), ("batch 256 seed 0",),
+        frozenset({"speedup_at_batch_256", "seeds_at_target"})),
     "deep_compression": Expect(
         ("teacher test acc", "teacher size", "member test acc (95% CI)", "compression", "paper",
          "trials"), ("lenet300 seed 0",), frozenset({"compression_lenet300"})),
@@ -81,8 +81,8 @@ EXPECTED = {
         ("trial", "val acc", "test acc", "latency ms", "faster", "stored", "smaller"),
         ("teacher:",), frozenset({"front_members"})),
     "vit": Expect(
-        ("trial", "val acc", "test acc", "latency ms", "faster", "size", "smaller"),
-        ("teacher:",), frozenset({"front_members"})),
+        ("trial", "val acc", "test acc", "latency ms", "faster", "size", "smaller", "front"),
+        ("teacher:", "seed 0"), frozenset({"front_members", "seeds_at_target"})),
     "front_vs_teacher": Expect(
         ("trial", "val acc", "test acc", "latency ms", "bytes", "smaller", "faster"),
         ("teacher",), frozenset({"compression", "speedup"})),
