@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                     "the search kept (models/trial_N.acpk), measure it again, and write it. "
                     "Refuses (exit 2, nothing written) when validation or test accuracy "
                     "differs from the recorded value by more than half a point (perplexity: "
-                    "0.1%%).")
+                    "0.1%).")
     export.add_argument("study", metavar="STUDY", help="a study YAML file, or its output folder")
     export.add_argument("--trial", type=int, required=True, metavar="N",
                         help="the trial number (see pareto.csv)")

@@ -49,6 +49,21 @@ def test_help_explains_every_option():
         assert option in sub.stdout
 
 
+def test_every_commands_help_prints_as_written(capsys):
+    """Each command's --help, in-process: exit 0, and no format escapes left showing (argparse
+    formats help strings but not descriptions, so a literal "%%" in a description shows)."""
+    from autocompress import cli
+
+    commands = cli._parser()._subparsers._group_actions[0].choices
+    assert {"search", "validate", "report", "export", "spaces"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and f"usage: autocompress {command}" in out
+        assert "%%" not in out and "%(" not in out, (command, out)
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
