@@ -18,7 +18,7 @@ from autocompress.plan import Plan
 from autocompress.tasks import Task, accuracy
 from autocompress.tasks.data import Split
 from autocompress.techniques import distill
-from autocompress.techniques.training import Recipe, fit, lr_factor, recipe_for
+from autocompress.techniques.training import Recipe, fit, lr_factor, make_optimizer, recipe_for
 from autocompress.trial import TeacherOutputs, make_context
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
@@ -134,6 +134,23 @@ def test_every_optimizer_and_schedule_trains(digits, optimizer, schedule):
                  else 1e-2, optimizer=optimizer, schedule=schedule, warmup=0.1,
                  weight_decay=0.01, batch_size=64)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_weight_decay_shrinks_matrices_but_not_biases_or_norm_scales(optimizer):
+    """With no gradient, a step moves only what decay moves: the linear layer's weight, never
+    its bias or the LayerNorm's scale and shift (BERT's and Hugging Face's recipe)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step = make_optimizer(list(model.parameters()), optimizer, 0.1, 0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    step.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"0.weight"}
+    assert torch.allclose(model[0].weight, before["0.weight"] * (1 - 0.1 * 0.5)) or \
+        optimizer == "adam"  # Adam's L2 decay goes through its normalised step
+    assert sum(len(g["params"]) for g in step.param_groups) == 4
 
 
 def test_fields_are_checked_one_by_one():

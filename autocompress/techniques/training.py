@@ -263,11 +263,15 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
 
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
                    weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, AdamW (decoupled weight decay) or SGD with momentum 0.9."""
+    """Adam, AdamW (decoupled weight decay) or SGD with momentum 0.9. Decay applies to weight
+    matrices and kernels only: biases and normalisation scales (1-D) are left undecayed, as
+    BERT's recipe and Hugging Face's Trainer do (shrinking a LayerNorm scale towards 0 is not
+    regularisation)."""
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return kind(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](groups, lr=lr)
 
 
 def train_epochs(
