@@ -56,7 +56,7 @@ class FinetuneConfig:
     optimizer: str = "auto"      # adam | adamw | sgd (momentum 0.9)
     schedule: str = "auto"       # constant | cosine | linear (decay to 0 after the warm-up)
     warmup: float | str = "auto"  # share of the steps over which the rate ramps up
-    weight_decay: float | str = "auto"
+    weight_decay: float | str = "auto"  # on weight matrices and kernels, not biases or norms
 
 
 def _entries(where: str, section: str, data: object, cls: type, what: str
