@@ -41,6 +41,9 @@ from autocompress.trial import build_compressed, final_form, make_context, measu
 
 FORMATS = ("torchscript", "onnx", "state_dict")
 TOLERANCE = 0.005  # validation accuracy, as a share: half a point
+API_TEACHER = ("this study's teacher came through the Python API: export it there "
+               "(outcome.export(...), or autocompress.export_trial(folder, trial, "
+               "task=...) with the same teacher and data)")
 
 _LOADER = '''"""Rebuild the exported network and load its packed weights (needs torch and numpy)."""
 import json
@@ -100,9 +103,7 @@ def rebuild(folder: Path, trial_number: int, task: Task | None = None
     through the Python API needs its ``task`` (same teacher and data: checked)."""
     record = read_study_record(folder)
     if not record.get("task") and task is None:
-        raise ExportError("this study's teacher came through the Python API: export it there "
-                          "(outcome.export(...), or autocompress.export_trial(folder, trial, "
-                          "task=autocompress.Task(...)) with the same teacher and data)")
+        raise ExportError(API_TEACHER)
     study, result, weights = _kept_trial(folder, record, trial_number)
     if task is None:
         config = study_from_dict({"name": record["name"], "task": record["task"],
@@ -169,6 +170,8 @@ def export_trial(folder: str | Path, trial: int, *, fmt: str = "torchscript",
     folder, out = Path(folder), Path(out)
     record = read_study_record(folder)
     recorded_task = record.get("task")
+    if not recorded_task and task is None:  # before the format: hf is fine for an API LM study
+        raise ExportError(API_TEACHER)
     if getattr(task, "kind", None) == "causal_lm" or (
             isinstance(recorded_task, dict) and recorded_task.get("kind") == "causal_lm"):
         return _export_lm(folder, record, trial, fmt, out, task)

@@ -148,7 +148,8 @@ print(json.dumps({"perplexity": perplexity(model, tokens),
 """
 
 
-def test_a_trial_exports_as_a_hugging_face_folder_that_reloads_to_its_perplexity(tmp_path):
+def test_a_trial_exports_as_a_hugging_face_folder_that_reloads_to_its_perplexity(tmp_path,
+                                                                                 capsys):
     import subprocess
     import sys
 
@@ -179,3 +180,12 @@ def test_a_trial_exports_as_a_hugging_face_folder_that_reloads_to_its_perplexity
     with pytest.raises(ConfigError, match="--format: got 'onnx', expected hf"):
         outcome.export(0, format="onnx", path=tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+    # the command line has no teacher for an API study: it says where to export it, one line
+    from autocompress import cli
+
+    capsys.readouterr()  # what the export above printed (transformers' progress bar)
+    assert cli.main(["export", str(tmp_path / "study"), "--trial", "0", "--format", "hf",
+                     "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "came through the Python API" in err[0], err
+    assert not (tmp_path / "cli").exists()
