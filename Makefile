@@ -30,7 +30,7 @@ test: install chromium postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
 # The suite (about 2.5 hours on 2 cores: 5 seeds for the headline rows), the reduced versions
-# (about 4 minutes), or the smallest ones, every benchmark included (about 2 minutes: they only
+# (about 8 minutes), or the smallest ones, every benchmark included (about 2 minutes: they only
 # prove the code still runs).
 bench: install
 	$(BIN)/python -m benchmarks
